@@ -1,0 +1,56 @@
+# Every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned in pyproject.toml. A local wheel (pip's find-links) is used when there is one;
+# otherwise the CPU build comes from PyTorch's CPU index, never a multi-GB CUDA build from PyPI.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev check format type test test-all run-tms bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --no-index --no-deps "torch==2.13.0" 2>/dev/null \
+		|| $(BIN)/pip install --quiet "torch==2.13.0" --index-url $(TORCH_INDEX)
+	$(BIN)/pip install --quiet -e .
+	@[ -f spd/scripts/sweep_params.yaml ] || cp spd/scripts/sweep_params.yaml.example spd/scripts/sweep_params.yaml 2>/dev/null || true
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## the package and its runtime dependencies
+
+install-dev: $(VENV)/.installed-dev  ## plus pytest, ruff, basedpyright, pre-commit
+
+check: install-dev  ## lint, format check and type check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/basedpyright
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+type: install-dev
+	$(BIN)/basedpyright
+
+test: install-dev  ## the default suite (no slow tests)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-all: install-dev  ## everything, including the slow full-length experiments
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+run-tms: install  ## the main job: decompose tms_5-2 here, print the run directory and MMCS/ML2R
+	$(BIN)/spd-run --experiments tms_5-2 --local
+
+bench: install  ## steps/s and peak memory of the toy experiments (see docs/benchmarks.md)
+	$(BIN)/python scripts/benchmark.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,128 @@
+"""Saving a decomposition run's checkpoints and loading them back.
+
+A checkpoint `checkpoints/model_<step>.pth` is written at the start of optimisation step `step`,
+after `step` optimiser updates. Besides 'config' and 'decomposition' (all that
+`ComponentModel.from_pretrained` needs), a checkpoint written by `optimize()` holds the training
+state (see `spd.training_state`), from which the run continues at exactly that step.
+"""
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from spd.atomic_files import atomic_torch_save
+from spd.config_loading import config_from_dict
+from spd.configs import Config
+from spd.errors import SPDUserError
+from spd.run_paths import resolve_run_path
+
+if TYPE_CHECKING:
+    from spd.models.component_model import ComponentModel
+    from spd.run_dir import RunDirectory
+
+CHECKPOINT_GLOB = "model_*.pth"
+_CHECKPOINT_NAME = re.compile(r"model_(\d+)\.pth")
+
+
+def checkpoint_path(run_dir: "RunDirectory", step: int) -> Path:
+    return run_dir.checkpoints / f"model_{step:08d}.pth"
+
+
+def save_checkpoint(
+    run_dir: "RunDirectory",
+    step: int,
+    model: "ComponentModel",
+    config: Config,
+    training_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the decomposition, its config and (optionally) the training state for `step`.
+
+    Refuses (FloatingPointError) to write non-finite parameters, so the newest checkpoint on disk
+    is always a usable one; afterwards only the newest `config.keep_last_checkpoints` checkpoints
+    and the one of the final step are kept.
+    """
+    decomposition = model.decomposition_state()
+    for part, tensors in decomposition.items():
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise FloatingPointError(
+                    f"non-finite values in {part} '{name}' at step {step}; checkpoint not written"
+                )
+    path = checkpoint_path(run_dir, step)
+    atomic_torch_save(
+        {
+            "step": step,
+            "config": config.model_dump(mode="json"),
+            "decomposition": decomposition,
+            **(training_state or {}),
+        },
+        path,
+    )
+    prune_checkpoints(run_dir.checkpoints, config.keep_last_checkpoints, final_step=config.steps)
+    return path
+
+
+def prune_checkpoints(directory: Path, keep: int, final_step: int) -> None:
+    """Delete all but the newest `keep` checkpoints (never the final step's) and stale temp files.
+
+    Runs right after a checkpoint was renamed into place, so nothing else is writing here: any
+    temporary file left is from a process killed mid-write.
+    """
+    found = sorted(directory.glob(CHECKPOINT_GLOB))
+    for path in found[:-keep]:
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match is not None and int(match.group(1)) != final_step:
+            path.unlink(missing_ok=True)
+    for stale in directory.glob(".model_*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint with the highest step in a run directory."""
+    found = sorted((run_dir / "checkpoints").glob(CHECKPOINT_GLOB))
+    if not found:
+        raise SPDUserError(
+            f"no checkpoint (checkpoints/{CHECKPOINT_GLOB}) in run directory {run_dir}"
+        )
+    return found[-1]
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint file, turning a truncated or foreign file into a clear error."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a damaged file
+        raise SPDUserError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {err}".split("\n")[0]
+        ) from None
+    if not isinstance(data, dict) or not {"config", "decomposition"} <= data.keys():
+        raise SPDUserError(f"{path} is not an spd checkpoint (no 'config'/'decomposition' entries)")
+    return data
+
+
+def load_component_model(path: str | Path) -> "ComponentModel":
+    """Rebuild the target and its trained decomposition from a run directory or checkpoint file.
+
+    `path` may also be `wandb:<entity>/<project>/runs/<id>` (downloaded once, then cached).
+    """
+    from spd.run_spd import build_component_model
+    from spd.target_loading import load_target_model
+
+    resolved = resolve_run_path(path)
+    if resolved is None:
+        raise SPDUserError(f"no such run directory or checkpoint: {path}")
+    file = latest_checkpoint(resolved) if resolved.is_dir() else resolved
+    data = read_checkpoint(file)
+    config = config_from_dict(data["config"], source=str(file))
+    model = build_component_model(load_target_model(config), config)
+    try:
+        model.load_decomposition_state(data["decomposition"])
+    except (RuntimeError, KeyError) as err:
+        raise SPDUserError(
+            f"{file} does not match its config's architecture: {err}".split("\n")[0]
+        ) from None
+    model.eval()
+    return model

@@ -1,0 +1,240 @@
+"""The typed configuration of an SPD run (one YAML file ↔ one `Config`)."""
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OptionalCoeff = NonNegativeFloat | None
+
+GateType = Literal["mlp", "vector_mlp"]
+SigmoidType = Literal["leaky_hard", "normal", "hard", "upper_leaky_hard", "swish_hard"]
+LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
+OutputLossType = Literal["mse", "kl"]
+
+
+class StrictModel(BaseModel):
+    """Base of every config block: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricSpec(StrictModel):
+    """One selected metric or figure: its registry name and keyword parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TMSTaskConfig(StrictModel):
+    """Data of the toy-model-of-superposition experiments."""
+
+    task_name: Literal["tms"] = "tms"
+    feature_probability: Probability = 0.05
+    data_generation_type: Literal["at_least_zero_active", "exactly_one_active"] = (
+        "at_least_zero_active"
+    )
+
+
+class ResidMLPTaskConfig(StrictModel):
+    """Data of the residual-MLP experiments."""
+
+    task_name: Literal["resid_mlp"] = "resid_mlp"
+    feature_probability: Probability = 0.01
+    data_generation_type: Literal["at_least_zero_active", "exactly_one_active"] = (
+        "at_least_zero_active"
+    )
+
+
+class LMTaskConfig(StrictModel):
+    """Text data of the language-model experiments, tokenised into fixed-length sequences.
+
+    `dataset_name` and `tokenizer_name` are Hugging Face hub ids or local paths (see
+    `spd/experiments/lm/sources.py` for how a name is resolved).
+    """
+
+    task_name: Literal["lm"] = "lm"
+    dataset_name: str = Field(description="Hub dataset id, or a local directory of data files")
+    dataset_config_name: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    text_column: str = Field(description="Column holding the text of each document")
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_seq_len: PositiveInt = 512
+    streaming: bool = False
+    shuffle_seed: NonNegativeInt | None = Field(
+        default=None, description="Seed of the document order; null: the run's `seed`"
+    )
+    shuffle_buffer_size: PositiveInt = Field(
+        default=10_000, description="Documents held for shuffling when streaming"
+    )
+    tokenizer_name: str = Field(description="Hub id or local directory of the model's tokenizer")
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> Self:
+        if self.train_split == self.eval_split:
+            raise ValueError(
+                f"train_split and eval_split are both '{self.train_split}'; evaluate on held-out "
+                "data (another split, or a slice such as 'train[:99%]' / 'train[99%:]')"
+            )
+        return self
+
+
+TaskConfig = Annotated[
+    TMSTaskConfig | ResidMLPTaskConfig | LMTaskConfig, Field(discriminator="task_name")
+]
+
+
+class Config(StrictModel):
+    """Everything one decomposition run needs. Field meanings follow the method spec."""
+
+    # --- run bookkeeping ---
+    seed: NonNegativeInt = 0
+    device: str = "auto"
+    run_name: str | None = None
+    out_dir: str | None = Field(
+        default=None,
+        description="Output root for run directories; the SPD_OUT_DIR environment variable overrides it.",
+    )
+
+    # --- decomposition ---
+    C: PositiveInt
+    target_module_patterns: list[str] = Field(min_length=1)
+    gate_type: GateType = "mlp"
+    gate_hidden_dims: list[PositiveInt] = Field(default_factory=lambda: [16])
+    sigmoid_type: SigmoidType = "leaky_hard"
+    tied_weights: list[tuple[str, str]] | None = Field(
+        default=None,
+        description="Pairs (source, tied): the tied module's components are the transpose of the source's.",
+    )
+
+    # --- loss coefficients (null: the term is not computed) ---
+    faithfulness_coeff: OptionalCoeff = 1.0
+    stochastic_recon_coeff: OptionalCoeff = 1.0
+    stochastic_recon_layerwise_coeff: OptionalCoeff = None
+    recon_coeff: OptionalCoeff = None
+    recon_layerwise_coeff: OptionalCoeff = None
+    importance_minimality_coeff: OptionalCoeff = 1e-3
+    schatten_coeff: OptionalCoeff = None
+    out_recon_coeff: OptionalCoeff = None
+    embedding_recon_coeff: OptionalCoeff = None
+    is_embed_unembed_recon: bool = False
+    output_loss_type: OutputLossType = "mse"
+    n_mask_samples: PositiveInt = 1
+
+    pnorm: PositiveFloat = 1.0
+    p_anneal_start_frac: Fraction = 1.0
+    p_anneal_final_p: PositiveFloat | None = None
+    p_anneal_end_frac: Fraction = 1.0
+
+    # --- optimisation ---
+    lr: PositiveFloat = 1e-3
+    steps: PositiveInt = 10_000
+    batch_size: PositiveInt = 4096
+    gradient_accumulation_steps: PositiveInt = 1
+    lr_schedule: LRSchedule = "constant"
+    lr_exponential_halflife: PositiveFloat | None = None
+    lr_warmup_pct: Fraction = 0.0
+
+    # --- bookkeeping frequencies ---
+    train_log_freq: PositiveInt = 100
+    eval_freq: PositiveInt = 1000
+    slow_eval_freq: PositiveInt = 5000
+    slow_eval_on_first_step: bool = True
+    eval_batch_size: PositiveInt = 4096
+    n_eval_steps: PositiveInt = 1
+    save_freq: PositiveInt | None = None
+    keep_last_checkpoints: PositiveInt = Field(
+        default=3,
+        description="How many of the newest checkpoints a run keeps (and always the final one).",
+    )
+    ci_alive_threshold: Probability = 0.1
+    n_examples_until_dead: PositiveInt = 1_000_000
+
+    # --- evaluation selection ---
+    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name="ci_l0")])
+    figures: list[MetricSpec] = Field(default_factory=list)
+
+    # --- Weights & Biases (no tracking while wandb_project is null; see spd/wandb_tracking.py) ---
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = Field(default=None, description="Fixed run name (else generated)")
+    wandb_run_name_prefix: str = Field(default="", description="Put before a generated run name")
+    wandb_group: str | None = Field(default=None, description="Set by the launcher for sweeps")
+    wandb_tags: list[str] = Field(default_factory=list, description="Set by the launcher")
+
+    # --- target model ---
+    pretrained_model_class: str = Field(
+        description="Import path of the target's class, e.g. spd.experiments.tms.models.TMSModel"
+    )
+    pretrained_model_path: str | None = None
+    pretrained_model_name_hf: str | None = None
+    pretrained_model_output_attr: str | None = None
+
+    task_config: TaskConfig
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.batch_size % self.gradient_accumulation_steps != 0:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by "
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+            )
+        if self.lr_schedule == "exponential" and self.lr_exponential_halflife is None:
+            raise ValueError("lr_schedule 'exponential' needs lr_exponential_halflife (in steps)")
+        if self.p_anneal_final_p is not None and self.p_anneal_end_frac < self.p_anneal_start_frac:
+            raise ValueError("p_anneal_end_frac must not be smaller than p_anneal_start_frac")
+        if self.pretrained_model_path is None and self.pretrained_model_name_hf is None:
+            raise ValueError(
+                "set pretrained_model_path (or pretrained_model_name_hf) to the target"
+            )
+        loss_coeffs = [
+            self.faithfulness_coeff,
+            self.stochastic_recon_coeff,
+            self.stochastic_recon_layerwise_coeff,
+            self.recon_coeff,
+            self.recon_layerwise_coeff,
+            self.importance_minimality_coeff,
+            self.schatten_coeff,
+            self.out_recon_coeff,
+            self.embedding_recon_coeff,
+        ]
+        if all(c is None for c in loss_coeffs):
+            raise ValueError("every loss coefficient is null: nothing would be optimised")
+        # Metric and figure names are checked against their registries here so that a typo fails
+        # before any model is built. Imported lazily: the registries import torch-heavy modules.
+        from spd.evaluation_registry import validate_specs
+
+        validate_specs(self.metrics, kind="metric")
+        validate_specs(self.figures, kind="figure")
+        return self
+
+    @property
+    def microbatch_size(self) -> int:
+        return self.batch_size // self.gradient_accumulation_steps
+
+    @property
+    def loss_coeffs(self) -> dict[str, float]:
+        """The loss terms that are computed, with their coefficients."""
+        all_coeffs = {
+            "faithfulness": self.faithfulness_coeff,
+            "stochastic_recon": self.stochastic_recon_coeff,
+            "stochastic_recon_layerwise": self.stochastic_recon_layerwise_coeff,
+            "recon": self.recon_coeff,
+            "recon_layerwise": self.recon_layerwise_coeff,
+            "importance_minimality": self.importance_minimality_coeff,
+            "schatten": self.schatten_coeff,
+            "out_recon": self.out_recon_coeff,
+            "embedding_recon": self.embedding_recon_coeff,
+        }
+        return {name: c for name, c in all_coeffs.items() if c is not None}

@@ -1,0 +1,85 @@
+"""Registries of named metrics and figures, selected from the config as `{name, params}`.
+
+A metric is a function `fn(ctx: EvalContext, **params) -> dict[str, float]`; a figure is
+`fn(ctx: EvalContext, **params) -> dict[str, matplotlib.figure.Figure]`. Register one with
+`@register_metric("name")` / `@register_figure("name")` in `spd/metrics.py` / `spd/figures.py`;
+`slow=True` runs it every `slow_eval_freq` steps instead of every `eval_freq`.
+"""
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from spd.configs import MetricSpec
+
+Kind = Literal["metric", "figure"]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    name: str
+    fn: Callable[..., dict[str, Any]]
+    slow: bool
+    params: tuple[str, ...]
+
+
+_REGISTRIES: dict[Kind, dict[str, Evaluator]] = {"metric": {}, "figure": {}}
+
+# Modules whose import registers evaluators; experiment-specific figures live with their
+# experiment but must be known whenever a config is validated.
+BUILTIN_MODULES = (
+    "spd.metrics",
+    "spd.figures",
+    "spd.lm_metrics",
+    "spd.experiments.resid_mlp.plots",
+)
+
+
+def _register(
+    kind: Kind, name: str, slow: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRIES[kind]:
+            raise ValueError(f"{kind} '{name}' is registered twice")
+        params = tuple(inspect.signature(fn).parameters)[1:]  # first one is the EvalContext
+        _REGISTRIES[kind][name] = Evaluator(name, fn, slow, params)
+        return fn
+
+    return decorate
+
+
+def register_metric(
+    name: str, slow: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return _register("metric", name, slow)
+
+
+def register_figure(
+    name: str, slow: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return _register("figure", name, slow)
+
+
+def registry(kind: Kind) -> dict[str, Evaluator]:
+    """All registered evaluators of a kind (importing the built-in ones first)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)  # importing registers the built-ins
+    return _REGISTRIES[kind]
+
+
+def validate_specs(specs: Iterable["MetricSpec"], kind: Kind) -> None:
+    """Raise ValueError for an unknown name or a parameter the evaluator does not take."""
+    known = registry(kind)
+    for spec in specs:
+        if spec.name not in known:
+            raise ValueError(f"unknown {kind} '{spec.name}'; available: {', '.join(sorted(known))}")
+        accepted = known[spec.name].params
+        extra = sorted(set(spec.params) - set(accepted))
+        if extra:
+            raise ValueError(
+                f"{kind} '{spec.name}' takes no parameter {', '.join(repr(e) for e in extra)}; "
+                f"it takes: {', '.join(accepted) or 'none'}"
+            )

@@ -1,0 +1,1 @@
+"""The registered experiments: their targets, training scripts, configs and decomposition scripts."""

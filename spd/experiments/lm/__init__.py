@@ -1,0 +1,1 @@
+"""Language-model decompositions: Hugging Face causal LMs and the offline example."""

@@ -1,0 +1,1 @@
+"""Residual-MLP toy models of compressed computation (spec §7) as SPD targets."""

@@ -1,0 +1,148 @@
+"""Train the residual-MLP targets with the spec's recipe.
+
+    python spd/experiments/resid_mlp/train_resid_mlp.py --experiment resid_mlp1 [--seed 0]
+
+Recipe (spec §7): each feature active w.p. 0.01 with value U[-1, 1]; labels y = x + ReLU(x);
+MSE between the read-off output and the labels; AdamW (weight decay 0.01), lr 3e-3 with a cosine
+schedule, batch 2048. Only the MLP weights train; the embedding is fixed. The trained model goes
+to `targets/<experiment>/` with `train_config.yaml` (recipe, model shape and final eval losses)
+and `label_coeffs.json`.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
+from tqdm import tqdm
+
+from spd.configs import Probability, StrictModel
+from spd.data.sparse_features import SparseFeatureData
+from spd.errors import run_cli
+from spd.experiments.resid_mlp.labels import residual_relu_labels, save_label_coeffs
+from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
+from spd.lr_schedules import lr_at_step
+
+TARGETS_DIR = Path(__file__).parent / "targets"
+VALUE_RANGE = (-1.0, 1.0)
+EVAL_SEED_OFFSET = 10_000
+EVAL_EXAMPLES = 100_000
+EVAL_CHUNK = 10_000
+
+
+class ResidMLPTrainConfig(StrictModel):
+    """The recipe of one target; `steps` was chosen so that the loss has flattened out."""
+
+    model: ResidMLPModelConfig
+    seed: NonNegativeInt = 0
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 2048
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = 0.01
+    feature_probability: Probability = 0.01
+
+
+RECIPES: dict[str, ResidMLPTrainConfig] = {
+    "resid_mlp1": ResidMLPTrainConfig(
+        model=ResidMLPModelConfig(n_features=100, d_mlp=50, n_layers=1)
+    ),
+    "resid_mlp2": ResidMLPTrainConfig(
+        model=ResidMLPModelConfig(n_features=100, d_mlp=25, n_layers=2)
+    ),
+    "resid_mlp3": ResidMLPTrainConfig(
+        model=ResidMLPModelConfig(n_features=102, d_mlp=17, n_layers=3)
+    ),
+}
+
+
+def feature_data(config: ResidMLPTrainConfig, seed: int) -> SparseFeatureData:
+    """The recipe's input distribution, seeded."""
+    return SparseFeatureData(
+        config.model.n_features, config.feature_probability, value_range=VALUE_RANGE, seed=seed
+    )
+
+
+def eval_losses(
+    model: ResidMLP,
+    config: ResidMLPTrainConfig,
+    coeffs: torch.Tensor,
+    n_examples: int = EVAL_EXAMPLES,
+    seed_offset: int = EVAL_SEED_OFFSET,
+) -> dict[str, float]:
+    """MSE to the labels on fresh inputs, for the model and for the model with its MLPs removed.
+
+    The second number (out = W_Eᵀ W_E x, the residual stream alone) is the baseline the MLPs
+    have to beat.
+    """
+    data = feature_data(config, seed=seed_offset + config.seed)
+    total, total_without_mlp = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, n_examples, EVAL_CHUNK):
+            x = data.sample(min(EVAL_CHUNK, n_examples - start))
+            y = residual_relu_labels(x, coeffs)
+            total += float(F.mse_loss(model(x), y, reduction="sum"))
+            total_without_mlp += float(F.mse_loss(x @ model.W_E @ model.W_E.T, y, reduction="sum"))
+    n_values = n_examples * config.model.n_features
+    return {"eval_loss": total / n_values, "eval_loss_without_mlp": total_without_mlp / n_values}
+
+
+def train(
+    config: ResidMLPTrainConfig, coeffs: torch.Tensor, show_progress: bool = True
+) -> ResidMLP:
+    """Train one residual-MLP target from scratch (only the MLP weights train)."""
+    torch.manual_seed(config.seed)
+    model = ResidMLP(config.model)
+    data = feature_data(config, seed=config.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    progress = tqdm(
+        range(config.steps), disable=not show_progress, ncols=100, desc="train resid_mlp"
+    )
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at_step(step, config.steps, config.lr, "cosine")
+        x = data.sample(config.batch_size)
+        loss = F.mse_loss(model(x), residual_relu_labels(x, coeffs))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0:
+            progress.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--experiment", choices=[*RECIPES, "all"], default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
+    parser.add_argument(
+        "--out", type=Path, default=TARGETS_DIR, help="directory to write <experiment>/ into"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args()
+    names = list(RECIPES) if args.experiment == "all" else [args.experiment]
+    for name in names:
+        update: dict[str, object] = {"seed": args.seed}
+        if args.steps is not None:
+            update["steps"] = args.steps
+        config = RECIPES[name].model_copy(update=update)
+        coeffs = torch.ones(config.model.n_features)
+        model = train(config, coeffs, show_progress=not args.no_progress)
+        losses = eval_losses(model, config, coeffs)
+        out = args.out / name
+        model.save(out, {**config.model_dump(), **losses})
+        save_label_coeffs(out, coeffs)
+        print(
+            f"{name}: eval MSE {losses['eval_loss']:.4e} "
+            f"(without the MLPs {losses['eval_loss_without_mlp']:.4e}) -> {out}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,217 @@
+"""What every experiment's decomposition script shares: arguments, run directory, summary.
+
+An experiment script supplies its data streams and its summary lines; this module loads the
+config, builds the target, creates the run directory, calls `optimize()` and prints where the
+results are.
+
+    script.py CONFIG [--override k=v]...      a new run in a new timestamped directory
+    script.py --resume RUN_DIR [--override steps=N]   continue a run from its newest checkpoint
+    script.py CONFIG --run-dir DIR            a run in DIR, continued if DIR already holds one
+
+Exit codes: 0 finished; 2 a user error or a non-finite loss (one line on stderr); 75 stopped on
+SIGTERM/SIGUSR1 after checkpointing (`spd.preemption`); 130 interrupted.
+"""
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from spd import distributed
+from spd.atomic_files import atomic_write_text
+from spd.checkpoints import CHECKPOINT_GLOB, latest_checkpoint
+from spd.config_loading import load_config
+from spd.configs import Config
+from spd.device import resolve_device
+from spd.errors import OneLineArgumentParser, SPDUserError
+from spd.models.component_model import match_module_names
+from spd.preemption import StopOnSignal, exit_preempted
+from spd.report import write_run_report
+from spd.resume import check_run_directory, find_resume_point
+from spd.run_dir import CONFIG_FILE, RunDirectory, output_root
+from spd.run_spd import OptimizeResult, optimize
+from spd.target_loading import load_target_model
+from spd.wandb_tracking import wandb_tracking
+
+DataFactory = Callable[[Config, nn.Module, torch.device], tuple[Iterator[Tensor], Iterator[Tensor]]]
+SummaryFn = Callable[[OptimizeResult], dict[str, float]]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SPDUserError(f"--override '{text}' must look like key.path=value")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise SPDUserError(f"--override '{text}': the value is not valid YAML") from None
+
+
+def parse_args(description: str) -> tuple[Config, argparse.Namespace]:
+    """The config and options of a decomposition script (`args.resume`, `args.run_dir` included).
+
+    `--run-dir DIR` holding a run with a checkpoint becomes `--resume DIR`, so one command line
+    both starts a run and continues it after a preemption.
+    """
+    parser = OneLineArgumentParser(description=description)
+    parser.add_argument(
+        "config", type=Path, nargs="?", help="YAML config file (with --resume: the run's own)"
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a (dotted) config key; repeatable",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR"
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, metavar="DIR", help="run in DIR; continue the run it holds, if any"
+    )
+    args = parser.parse_args()
+    if args.resume is not None and args.run_dir is not None:
+        raise SPDUserError("give either --resume or --run-dir, not both")
+    if args.run_dir is not None and any((args.run_dir / "checkpoints").glob(CHECKPOINT_GLOB)):
+        args.resume, args.run_dir = args.run_dir, None
+    if args.resume is not None:
+        check_run_directory(args.resume)
+    config_path = args.config or (args.resume / CONFIG_FILE if args.resume is not None else None)
+    if config_path is None:
+        raise SPDUserError("give a config file, or --resume RUN_DIR to continue a run")
+    overrides = dict(parse_override(o) for o in args.override)
+    return load_config(config_path, overrides), args
+
+
+@dataclass
+class DecompositionRun:
+    run_dir: RunDirectory | None  # None on data-parallel ranks other than 0
+    result: OptimizeResult
+    summary: dict[str, float]
+
+    @property
+    def path(self) -> Path:
+        """The run directory's path (rank 0, or a single-process run)."""
+        assert self.run_dir is not None, "only rank 0 has a run directory"
+        return self.run_dir.path
+
+
+def _fresh_run_dir(config: Config, experiment: str, path: Path | None) -> RunDirectory:
+    """A new timestamped run directory, or `path` (restarting a run that never checkpointed)."""
+    if path is None:
+        return RunDirectory.create(output_root(config.out_dir), config.run_name or experiment)
+    occupied = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    if occupied and not (path / CONFIG_FILE).is_file():
+        raise SPDUserError(f"--run-dir {path} is neither an empty directory nor an spd run")
+    path.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDirectory(path)
+    run_dir.discard_metrics_from(0)
+    return run_dir
+
+
+def _checkpoint_note(run_dir: RunDirectory) -> str:
+    try:
+        return f"last good checkpoint kept: {latest_checkpoint(run_dir.path)}"
+    except SPDUserError:
+        return "no checkpoint had been written"
+
+
+def run_decomposition(
+    config: Config,
+    experiment: str,
+    make_data: DataFactory,
+    summarize: SummaryFn,
+    show_progress: bool = True,
+    resume: Path | None = None,
+    run_dir_path: Path | None = None,
+) -> DecompositionRun:
+    """Build the target, decompose it into a run directory, print and save a summary.
+
+    `resume` continues the run in that directory; `run_dir_path` starts one there instead of in a
+    new timestamped directory. On SIGTERM/SIGUSR1 the run checkpoints and exits with code 75.
+    The run is tracked on W&B when the config sets `wandb_project` (see spd/wandb_tracking.py);
+    either way the run directory gets a report.html at the end (also after a failure).
+    Under `torchrun` every rank trains (see `spd.distributed`); only rank 0 writes the run directory.
+    """
+    summary: dict[str, float] = {}
+    with StopOnSignal() as stop:
+        # --- data parallelism: the rank's GPU and process group; only rank 0 reports.
+        device = distributed.device_for_rank(resolve_device(config.device))
+        distributed.setup(device)
+        is_main = distributed.is_main_process()
+        # --- end data parallelism
+        target = load_target_model(config).to(device)
+        # Fail on bad patterns before a run directory exists for a run that cannot start.
+        match_module_names(target, config.target_module_patterns)
+        train_batches, eval_batches = make_data(config, target, device)
+        # Everything is checked before the first write into an existing run directory.
+        point = find_resume_point(resume, config) if resume is not None else None
+        run_dir: RunDirectory | None = None
+        if is_main:
+            run_dir = (
+                point.run_dir
+                if point is not None
+                else _fresh_run_dir(config, experiment, run_dir_path)
+            )
+            run_dir.write_config(config)
+        tracking = (
+            wandb_tracking(config, run_dir, config.run_name or experiment)
+            if run_dir is not None
+            else nullcontext(())
+        )
+        try:
+            with tracking as sinks:
+                if run_dir is not None:
+                    print(f"spd: {experiment} on {device}; results in {run_dir.path}", flush=True)
+                    if point is not None:
+                        print(f"spd: resuming at step {point.step} of {config.steps}", flush=True)
+                try:
+                    result = optimize(
+                        target,
+                        config,
+                        device,
+                        train_batches,
+                        eval_batches,
+                        run_dir=run_dir,
+                        sinks=sinks,
+                        show_progress=show_progress,
+                        resume_from=point.checkpoint if point is not None else None,
+                        should_stop=stop,
+                    )
+                    if run_dir is not None and result.stopped_at is None:
+                        summary = summarize(result)
+                        atomic_write_text(
+                            run_dir.path / "summary.json", json.dumps(summary, indent=2) + "\n"
+                        )
+                        for sink in (run_dir, *sinks):
+                            sink.log_metrics(
+                                config.steps, {f"final/{k}": v for k, v in summary.items()}
+                            )
+                except FloatingPointError as err:
+                    note = f"; {_checkpoint_note(run_dir)}" if run_dir is not None else ""
+                    raise SPDUserError(f"{err}{note}") from None
+                finally:
+                    if run_dir is not None:
+                        write_run_report(run_dir.path)
+        finally:
+            distributed.teardown()
+    if result.stopped_at is not None:
+        reason = stop.received.name if stop.received is not None else "request"
+        where = f"--resume {run_dir.path}" if run_dir is not None else "--resume"
+        exit_preempted(
+            f"stopped on {reason} at step {result.stopped_at} of {config.steps}, checkpointed; continue with {where}"
+        )
+    if run_dir is not None:
+        print(f"spd: {experiment} finished (report.html inside); results in {run_dir.path}")
+        for key, value in summary.items():
+            print(f"  {key}: {value:.4f}")
+    return DecompositionRun(run_dir=run_dir, result=result, summary=summary)

@@ -1,0 +1,1 @@
+"""What `spd-run` needs to launch many runs: sweeps, git snapshots, SLURM job arrays, reports."""

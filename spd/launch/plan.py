@@ -1,0 +1,124 @@
+"""Planning a launch: every run's name and overrides, each validated as a full config up front.
+
+Overrides apply in this order (later wins): the experiment's YAML config, `--override`, the sweep
+values, then what the launcher itself sets (run name, output directory, `--cpu`, W&B settings).
+Nothing is submitted unless every run's config is valid.
+"""
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spd.config_loading import load_config
+from spd.configs import Config
+from spd.errors import SPDUserError
+from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
+from spd.registry import get_experiment
+from spd.run_dir import output_root
+
+# The W&B fields of `Config` the launcher fills in with --use-wandb (runs of one launch share a
+# group: the launch id).
+WANDB_PROJECT_KEY = "wandb_project"
+WANDB_GROUP_KEY = "wandb_group"
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What the command line decides for every run of a launch."""
+
+    launch_id: str
+    cpu: bool = False
+    dp: int = 1
+    use_wandb: bool = False
+    project: str = "spd"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a launch: its overrides (in the order they are passed) and validated config."""
+
+    experiment: str
+    name: str
+    overrides: dict[str, Any]
+    config: Config
+
+    @property
+    def out_dir(self) -> Path:
+        """The directory its run directory is created in (one per launch and output root)."""
+        return Path(str(self.config.out_dir))
+
+
+def new_launch_id(suffix: str | None = None) -> str:
+    """A launch id that sorts by time and does not repeat, e.g. `20250101-120000-3fa2c1`."""
+    launch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return f"{launch_id}-{suffix}" if suffix else launch_id
+
+
+def _validated(experiment: str, name: str, overrides: dict[str, Any]) -> Config:
+    spec = get_experiment(experiment)
+    try:
+        return load_config(spec.config_path, overrides)
+    except SPDUserError as err:
+        raise SPDUserError(f"run '{name}' is invalid, nothing was launched: {err}") from None
+
+
+def _check_dp(name: str, config: Config, dp: int) -> None:
+    """Every rank must get an equal share of each micro-batch and eval batch."""
+    for field, size in (
+        ("microbatch", config.microbatch_size),
+        ("eval_batch_size", config.eval_batch_size),
+    ):
+        if size % dp != 0:
+            raise SPDUserError(
+                f"run '{name}': {field} of {size} does not split evenly over --dp {dp} ranks; "
+                "change batch_size / eval_batch_size or --dp"
+            )
+
+
+def _check_cpu(name: str, overrides: dict[str, Any]) -> None:
+    device = overrides.get("device")
+    if isinstance(device, str) and device.startswith("cuda"):
+        raise SPDUserError(
+            f"run '{name}': --cpu conflicts with device={device} set for it; drop one of them"
+        )
+
+
+def plan_runs(
+    experiments: list[str],
+    user_overrides: dict[str, Any],
+    sweep: Sweep | None,
+    settings: LaunchSettings,
+) -> list[PlannedRun]:
+    """Every run of the launch, each config validated; raises naming the first invalid run."""
+    runs: list[PlannedRun] = []
+    for experiment in experiments:
+        combos = expand_grid(sweep.params_for(experiment)) if sweep is not None else [{}]
+        labels = unique_names([run_label(combo) for combo in combos])
+        for combo, label in zip(combos, labels, strict=True):
+            overrides = {**user_overrides, **combo}
+            provisional = f"{experiment}-{label}" if label else experiment
+            base = _validated(experiment, provisional, overrides)
+            name = (
+                f"{base.run_name or experiment}-{label}" if label else (base.run_name or experiment)
+            )
+            if settings.cpu:
+                _check_cpu(name, overrides)
+            launcher = {
+                "run_name": name,
+                "out_dir": str(output_root(base.out_dir).resolve() / settings.launch_id),
+                **({"device": "cpu"} if settings.cpu else {}),
+                **(
+                    {WANDB_PROJECT_KEY: settings.project, WANDB_GROUP_KEY: settings.launch_id}
+                    if settings.use_wandb
+                    else {}
+                ),
+            }
+            overrides = {**overrides, **launcher}
+            config = _validated(experiment, name, overrides)
+            _check_dp(name, config, settings.dp)
+            runs.append(
+                PlannedRun(experiment=experiment, name=name, overrides=overrides, config=config)
+            )
+    return runs

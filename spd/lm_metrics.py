@@ -1,0 +1,95 @@
+"""Language-model metrics (spec §6): KL and cross-entropy of the masked model against the target.
+
+For each mask variant the model runs with every decomposed layer replaced by its components
+under that mask, on the eval token batches. Reported per variant:
+- `ce_kl/kl/<variant>`: KL(target ‖ masked model) over the vocabulary, mean over positions;
+- `ce_kl/ce_diff/<variant>`: next-token cross-entropy minus the target's;
+- `ce_kl/ce_unrecovered/<variant>`: (CE − CE_target) / (CE_zero − CE_target), the fraction of
+  the loss gap to the all-zeros mask that the variant leaves unrecovered (0: as good as the
+  target; 1: as bad as removing the decomposed layers' weights);
+plus `ce_kl/ce_target`. Next-token CE: the logits at position t predict the token at t + 1.
+
+Variants: `ci` (mask = CI), `stochastic` (g + (1 − g) r), `unmasked` (all ones), `random`
+(uniform r), `rounded` (CI > `rounding_threshold` → 1, else 0), `zero` (all zeros). The random
+draws come from a generator seeded with the run's seed and the step, so an evaluation is
+reproducible and does not disturb the training random stream.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from spd.eval_context import EvalBatch, EvalContext
+from spd.evaluation_registry import register_metric
+from spd.losses import output_divergence
+from spd.models.component_model import ComponentModel
+
+MASK_VARIANTS = ("ci", "stochastic", "unmasked", "random", "rounded", "zero")
+
+MaskFn = Callable[[Tensor], Tensor | None]
+
+
+def next_token_ce(
+    logits: Float[Tensor, "batch seq vocab"], tokens: Int[Tensor, "batch seq"]
+) -> Tensor:
+    """Mean cross-entropy of the logits at each position for the token at the next position."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def _mask_functions(rounding_threshold: float, generator: torch.Generator) -> dict[str, MaskFn]:
+    def uniform(g: Tensor) -> Tensor:
+        return torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+
+    return {
+        "ci": lambda g: g,
+        "stochastic": lambda g: g + (1 - g) * uniform(g),
+        "unmasked": lambda g: None,
+        "random": uniform,
+        "rounded": lambda g: (g > rounding_threshold).to(g.dtype),
+        "zero": torch.zeros_like,
+    }
+
+
+def ce_kl_scores(
+    model: ComponentModel,
+    batches: Sequence[EvalBatch],
+    rounding_threshold: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """The metric's values (see the module docstring) over `batches`, each weighted equally."""
+    mask_fns = _mask_functions(rounding_threshold, generator)
+    kl = {v: 0.0 for v in MASK_VARIANTS}
+    ce = {v: 0.0 for v in MASK_VARIANTS}
+    ce_target = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            tokens, target_logits = batch.inputs, batch.target_out
+            ce_target += float(next_token_ce(target_logits, tokens))
+            for variant, mask_fn in mask_fns.items():
+                masks = {name: mask_fn(g) for name, g in batch.ci.items()}
+                logits = model.forward_with_components(tokens, masks)
+                kl[variant] += float(output_divergence(logits, target_logits, "kl"))
+                ce[variant] += float(next_token_ce(logits, tokens))
+    n = len(batches)
+    ce_target /= n
+    gap_zero = ce["zero"] / n - ce_target
+    results = {"ce_kl/ce_target": ce_target}
+    for variant in MASK_VARIANTS:
+        diff = ce[variant] / n - ce_target
+        results[f"ce_kl/kl/{variant}"] = kl[variant] / n
+        results[f"ce_kl/ce_diff/{variant}"] = diff
+        results[f"ce_kl/ce_unrecovered/{variant}"] = (
+            diff / gap_zero if gap_zero != 0 else float("nan")
+        )
+    return results
+
+
+@register_metric("ce_and_kl")
+def ce_and_kl(ctx: EvalContext, rounding_threshold: float = 0.0) -> dict[str, float]:
+    """KL to the target, CE difference and CE unrecovered for the six mask variants (LMs only)."""
+    device = ctx.batches[0].inputs.device
+    generator = torch.Generator(device=device).manual_seed(ctx.config.seed * 1_000_003 + ctx.step)
+    return ce_kl_scores(ctx.model, ctx.batches, rounding_threshold, generator)

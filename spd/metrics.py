@@ -1,0 +1,160 @@
+"""Built-in scalar metrics (spec §6). Each returns a flat dict of floats keyed by metric name.
+
+Add one: write `fn(ctx: EvalContext, **params) -> dict[str, float]` here and decorate it with
+`@register_metric("name")` (`slow=True` for expensive ones). Configs select it by that name.
+"""
+
+import torch
+
+from spd.ci_patterns import (
+    dense_errors,
+    group_by_patterns,
+    identity_errors,
+    n_dense,
+    n_with_one_dedicated,
+    n_with_sole_dedicated,
+)
+from spd.eval_context import EvalContext, diagonal_permutation
+from spd.evaluation_registry import register_metric
+from spd.models.component_model import ComponentModel
+
+
+@register_metric("ci_l0")
+def ci_l0(ctx: EvalContext, threshold: float = 0.1) -> dict[str, float]:
+    """Mean number of subcomponents per example (and position) with CI above `threshold`."""
+    results: dict[str, float] = {}
+    for name in ctx.model.module_names:
+        counts = [(b.ci[name] > threshold).float().sum(-1).mean() for b in ctx.batches]
+        results[f"ci_l0/{name}"] = float(torch.stack(counts).mean())
+    results["ci_l0/total"] = sum(results.values())
+    return results
+
+
+@register_metric("component_activation_density")
+def component_activation_density(ctx: EvalContext, threshold: float = 0.1) -> dict[str, float]:
+    """Per layer: how many subcomponents ever fire on the eval data, and the mean firing rate."""
+    results: dict[str, float] = {}
+    for name in ctx.model.module_names:
+        density = torch.stack(
+            [(b.ci[name] > threshold).float().flatten(0, -2).mean(0) for b in ctx.batches]
+        ).mean(0)
+        results[f"density/{name}/n_active"] = float((density > 0).sum())
+        results[f"density/{name}/mean"] = float(density.mean())
+    return results
+
+
+@register_metric("ground_truth_recovery")
+def ground_truth_recovery(ctx: EvalContext, layer: str = "linear1") -> dict[str, float]:
+    """MMCS and ML2R of `layer` (see `mmcs_ml2r`)."""
+    return mmcs_ml2r(ctx.model, layer)
+
+
+def mmcs_ml2r(model: ComponentModel, layer: str) -> dict[str, float]:
+    """MMCS and ML2R of a layer's subcomponents against the target's input columns W[:, j].
+
+    For each input feature j, the subcomponent whose column j (U_c · V_{j,c}) has the highest
+    cosine similarity with W[:, j] is its best match; MMCS averages those similarities, ML2R the
+    ratios of the matched column norms to ‖W[:, j]‖.
+    """
+    comp = model.components[layer]
+    with torch.no_grad():
+        target = comp.as_in_out(model.target_weight(layer))  # (d_in, d_out): row j is W[:, j]
+        sub_columns = comp.V[:, :, None] * comp.U[None, :, :]  # (d_in, C, d_out)
+        cos = torch.nn.functional.cosine_similarity(
+            sub_columns, target[:, None, :], dim=-1, eps=1e-12
+        )
+        best_cos, best = cos.max(dim=1)
+        best_norm = sub_columns[torch.arange(comp.d_in), best].norm(dim=-1)
+        ratio = best_norm / target.norm(dim=-1).clamp_min(1e-12)
+    return {f"mmcs/{layer}": float(best_cos.mean()), f"ml2r/{layer}": float(ratio.mean())}
+
+
+@register_metric("n_large_subcomponents")
+def n_large_subcomponents(ctx: EvalContext, threshold: float = 0.1) -> dict[str, float]:
+    """Per layer, the number of subcomponents whose rank-one matrix has Frobenius norm > threshold."""
+    return large_subcomponent_counts(ctx.model, threshold)
+
+
+def large_subcomponent_counts(model: ComponentModel, threshold: float = 0.1) -> dict[str, float]:
+    """Per layer, the number of subcomponents whose rank-one matrix has Frobenius norm > threshold."""
+    results: dict[str, float] = {}
+    with torch.no_grad():
+        for name, comp in model.components.items():
+            norms = comp.V.norm(dim=0) * comp.U.norm(dim=1)
+            results[f"n_large_subcomponents/{name}"] = float((norms > threshold).sum())
+    return results
+
+
+@register_metric("identity_ci_error", slow=True)
+def identity_ci_error(
+    ctx: EvalContext,
+    identity_layers: list[str] | None = None,
+    dense_layers: dict[str, int] | None = None,
+    tolerance: float = 0.1,
+    input_value: float = 0.75,
+) -> dict[str, float]:
+    """Entries of the one-hot CI matrix that are off the expected pattern by more than `tolerance`.
+
+    `identity_layers` (fnmatch patterns): each feature should have its own subcomponent, so the
+    permuted CI matrix should be the identity (zeros elsewhere). `dense_layers` maps a pattern to
+    k: every feature should use the same k subcomponents (k columns of ones, zeros elsewhere).
+    All layers one pattern matches are scored as one matrix, their columns side by side (see
+    `spd.ci_patterns`); results are keyed by pattern.
+    """
+    ci = ctx.one_hot_ci(input_value)
+    results: dict[str, float] = {}
+    for pattern, matrix in group_by_patterns(ci, identity_layers or []).items():
+        errors = identity_errors(matrix, diagonal_permutation(matrix), tolerance)
+        results[f"identity_ci_error/{pattern}"] = float(errors)
+    dense = dense_layers or {}
+    for pattern, matrix in group_by_patterns(ci, list(dense)).items():
+        results[f"identity_ci_error/{pattern}"] = float(
+            dense_errors(matrix, dense[pattern], tolerance)
+        )
+    return results
+
+
+@register_metric("dedicated_subcomponents", slow=True)
+def dedicated_subcomponents(
+    ctx: EvalContext,
+    layers: list[str] | None = None,
+    on: float = 0.5,
+    off: float = 0.1,
+    input_value: float = 0.75,
+) -> dict[str, float]:
+    """Features with exactly one dedicated subcomponent: CI > `on` for that feature, ≤ `off` for all others.
+
+    `layers` (fnmatch patterns; default: every layer on its own): all layers one pattern matches
+    count together, so a feature of a multi-layer model has one dedicated subcomponent across
+    them. Also reports, as `…/sole`, the features whose dedicated subcomponent is the only one of
+    the group above `off`.
+    """
+    ci = ctx.one_hot_ci(input_value)
+    groups = group_by_patterns(ci, layers) if layers is not None else ci
+    results: dict[str, float] = {}
+    for key, matrix in groups.items():
+        results[f"dedicated_subcomponents/{key}"] = float(n_with_one_dedicated(matrix, on, off))
+        results[f"dedicated_subcomponents/{key}/sole"] = float(
+            n_with_sole_dedicated(matrix, on, off)
+        )
+    return results
+
+
+@register_metric("dense_subcomponents", slow=True)
+def dense_subcomponents(
+    ctx: EvalContext,
+    layers: list[str] | None = None,
+    on: float = 0.5,
+    min_fraction: float = 0.9,
+    input_value: float = 0.75,
+) -> dict[str, float]:
+    """Subcomponents with CI > `on` on at least `min_fraction` of the one-hot inputs.
+
+    `layers` groups layers by fnmatch pattern as in `dedicated_subcomponents`.
+    """
+    ci = ctx.one_hot_ci(input_value)
+    groups = group_by_patterns(ci, layers) if layers is not None else ci
+    return {
+        f"dense_subcomponents/{key}": float(n_dense(matrix, on, min_fraction))
+        for key, matrix in groups.items()
+    }

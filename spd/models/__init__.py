@@ -1,0 +1,1 @@
+"""The decomposed model: sigmoids, components, causal-importance functions, the wrapper."""

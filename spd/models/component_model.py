@@ -1,0 +1,274 @@
+"""`ComponentModel`: a frozen target with chosen layers decomposed into subcomponents.
+
+Decomposed modules are swapped in place for a `DecomposedModule` that runs either the original
+layer or its components, so every forward mode of the method is one pass through the target's
+own `forward`:
+- `model(x)`                          — the unmodified target;
+- `model.forward_with_pre_acts(x)`    — the target, plus the input each decomposed layer received;
+- `model.forward_with_components(x, masks)` — the layers named in `masks` replaced by their
+  components (masked, or unmasked for a `None` mask), every other layer original.
+"""
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from spd.configs import GateType, SigmoidType
+from spd.errors import SPDUserError
+from spd.models.components import Components, EmbeddingComponents, MLPGates, VectorMLPGates
+from spd.models.sigmoids import get_sigmoids
+
+GPT2_CONV1D = "transformers.pytorch_utils.Conv1D"
+SUPPORTED_KINDS = "torch.nn.Linear, torch.nn.Embedding, transformers' GPT-2 Conv1D"
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}" == GPT2_CONV1D
+
+
+def _is_decomposable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | nn.Embedding) or _is_conv1d(module)
+
+
+class DecomposedModule(nn.Module):
+    """Stands in for a target layer; runs the original or the (masked) components."""
+
+    def __init__(self, original: nn.Module, components: Components) -> None:
+        super().__init__()
+        self.original = original
+        self.components = components
+        self.mode: Literal["original", "components"] = "original"
+        self.mask: Tensor | None = None
+        self.capture_input = False
+        self.captured_input: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.capture_input:
+            self.captured_input = x
+        if self.mode == "components":
+            return self.components(x, self.mask)
+        return self.original(x)
+
+
+def _build_components(module: nn.Module, C: int) -> Components:
+    if isinstance(module, nn.Embedding):
+        return EmbeddingComponents(module.num_embeddings, module.embedding_dim, C)
+    if isinstance(module, nn.Linear):
+        return Components(module.in_features, module.out_features, C, "out_in", module.bias)
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    bias = module.bias
+    assert bias is None or isinstance(bias, Tensor)
+    d_in, d_out = weight.shape
+    return Components(d_in, d_out, C, "in_out", bias)
+
+
+def match_module_names(target: nn.Module, patterns: list[str]) -> list[str]:
+    """Names of the modules matched by fnmatch `patterns`, in the target's module order.
+
+    A pattern that matches nothing, or a match that cannot be decomposed, is a user error that
+    lists what exists.
+    """
+    names = [name for name, _ in target.named_modules() if name]
+    modules = dict(target.named_modules())
+    selected: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            shown = ", ".join(names[:40]) + (" …" if len(names) > 40 else "")
+            raise SPDUserError(
+                f"target_module_patterns: '{pattern}' matches no module of "
+                f"{type(target).__name__}; its modules are: {shown}"
+            )
+        for name in hits:
+            if not _is_decomposable(modules[name]):
+                raise SPDUserError(
+                    f"target_module_patterns: '{pattern}' matches '{name}', a "
+                    f"{type(modules[name]).__name__}, which cannot be decomposed "
+                    f"(supported: {SUPPORTED_KINDS}); narrow the pattern"
+                )
+            if name not in selected:
+                selected.append(name)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(selected, key=order.__getitem__)
+
+
+class ComponentModel(nn.Module):
+    """A frozen target model whose chosen layers are decomposed into C subcomponents each."""
+
+    def __init__(
+        self,
+        target: nn.Module,
+        target_module_patterns: list[str],
+        C: int,
+        gate_type: GateType = "mlp",
+        gate_hidden_dims: list[int] | None = None,
+        output_attr: str | None = None,
+        tied_weights: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__()
+        hidden_dims = [16] if gate_hidden_dims is None else gate_hidden_dims
+        self.C = C
+        self.output_attr = output_attr
+        target.requires_grad_(False)
+        self.target = target
+        self.module_names = match_module_names(target, target_module_patterns)
+        self.decomposed: dict[str, DecomposedModule] = {}
+        gates: dict[str, nn.Module] = {}
+        for name in self.module_names:
+            original = target.get_submodule(name)
+            wrapper = DecomposedModule(original, _build_components(original, C))
+            target.set_submodule(name, wrapper)
+            self.decomposed[name] = wrapper
+            gates[_key(name)] = self._build_gate(wrapper.components, gate_type, hidden_dims, name)
+        self.gates = nn.ModuleDict(gates)
+        for source, tied in tied_weights or []:
+            for name in (source, tied):
+                if name not in self.decomposed:
+                    raise SPDUserError(
+                        f"tied_weights names '{name}', which is not a decomposed module "
+                        f"(decomposed: {', '.join(self.module_names)})"
+                    )
+            self.components[tied].tie_to(self.components[source])
+
+    @staticmethod
+    def _build_gate(
+        components: Components, gate_type: GateType, hidden_dims: list[int], name: str
+    ) -> nn.Module:
+        if gate_type == "mlp":
+            return MLPGates(components.C, hidden_dims)
+        if isinstance(components, EmbeddingComponents):
+            raise SPDUserError(
+                f"gate_type 'vector_mlp' is not available for the embedding '{name}' (its input is a "
+                "token index); use gate_type 'mlp'"
+            )
+        return VectorMLPGates(components.C, components.d_in, hidden_dims)
+
+    @property
+    def components(self) -> dict[str, Components]:
+        return {name: wrapper.components for name, wrapper in self.decomposed.items()}
+
+    def gate(self, name: str) -> nn.Module:
+        return self.gates[_key(name)]
+
+    def init_components_from_target(self, seed: int) -> None:
+        """Initialise every layer's factors from its target weight (spec §1)."""
+        generator = torch.Generator().manual_seed(seed)
+        for wrapper in self.decomposed.values():
+            weight = wrapper.original.weight
+            assert isinstance(weight, Tensor)
+            wrapper.components.init_from_target(weight, generator)
+
+    def target_weight(self, name: str) -> Tensor:
+        weight = self.decomposed[name].original.weight
+        assert isinstance(weight, Tensor)
+        return weight
+
+    # ----- forward modes -----
+
+    def _output(self, out: Any) -> Tensor:
+        if self.output_attr is not None:
+            out = getattr(out, self.output_attr)
+        assert isinstance(out, Tensor)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """The unmodified target."""
+        return self._output(self.target(x))
+
+    def forward_with_pre_acts(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The target's output and the input each decomposed layer received."""
+        for wrapper in self.decomposed.values():
+            wrapper.capture_input = True
+        try:
+            out = self.forward(x)
+            pre_acts = {}
+            for name, wrapper in self.decomposed.items():
+                assert wrapper.captured_input is not None, f"layer '{name}' was not called"
+                pre_acts[name] = wrapper.captured_input
+        finally:
+            for wrapper in self.decomposed.values():
+                wrapper.capture_input = False
+                wrapper.captured_input = None
+        return out, pre_acts
+
+    @contextmanager
+    def _components_active(self, masks: Mapping[str, Tensor | None]) -> Iterator[None]:
+        unknown = set(masks) - set(self.decomposed)
+        if unknown:
+            raise KeyError(f"no decomposed module named {sorted(unknown)}")
+        try:
+            for name, mask in masks.items():
+                self.decomposed[name].mode = "components"
+                self.decomposed[name].mask = mask
+            yield
+        finally:
+            for name in masks:
+                self.decomposed[name].mode = "original"
+                self.decomposed[name].mask = None
+
+    def forward_with_components(self, x: Tensor, masks: Mapping[str, Tensor | None]) -> Tensor:
+        """Run with the layers in `masks` replaced by their components (a `None` mask: unmasked)."""
+        with self._components_active(masks):
+            return self.forward(x)
+
+    # ----- causal importance -----
+
+    def causal_importances(
+        self, pre_acts: Mapping[str, Tensor], sigmoid_type: SigmoidType, detach_inputs: bool = False
+    ) -> tuple[dict[str, Float[Tensor, "... C"]], dict[str, Float[Tensor, "... C"]]]:
+        """(mask-side CI, loss-side 'upper' CI) per decomposed layer, each in [0, 1] (upper may exceed 1)."""
+        mask_fn, loss_fn = get_sigmoids(sigmoid_type)
+        ci: dict[str, Tensor] = {}
+        ci_upper: dict[str, Tensor] = {}
+        for name, a in pre_acts.items():
+            gate = self.gate(name)
+            gate_input = self.components[name].inner_acts(a) if isinstance(gate, MLPGates) else a
+            if detach_inputs:
+                gate_input = gate_input.detach()
+            raw = gate(gate_input)
+            ci[name] = mask_fn(raw)
+            ci_upper[name] = loss_fn(raw)
+        return ci, ci_upper
+
+    # ----- persistence -----
+
+    def decomposition_state(self) -> dict[str, dict[str, Tensor]]:
+        """The trained parameters only (components and CI functions), without the target."""
+        return {
+            "components": {
+                f"{_key(name)}.{k}": v
+                for name, comp in self.components.items()
+                for k, v in comp.state_dict().items()
+            },
+            "gates": self.gates.state_dict(),
+        }
+
+    def load_decomposition_state(self, state: Mapping[str, Mapping[str, Tensor]]) -> None:
+        for name, comp in self.components.items():
+            prefix = f"{_key(name)}."
+            own = {
+                k[len(prefix) :]: v for k, v in state["components"].items() if k.startswith(prefix)
+            }
+            comp.load_state_dict(own)
+        self.gates.load_state_dict(state["gates"])
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ComponentModel":
+        """Load a trained decomposition from a run directory, a checkpoint file inside one, or a
+        W&B run `wandb:<entity>/<project>/runs/<id>` (downloaded once, then cached)."""
+        from spd.checkpoints import load_component_model
+
+        return load_component_model(path)
+
+
+def _key(name: str) -> str:
+    # ModuleDict keys cannot contain '.'.
+    return name.replace(".", "-")

@@ -1,0 +1,183 @@
+"""Rank-one subcomponents of one weight matrix.
+
+Orientation (the one place it is defined): every decomposed matrix is stored as two factors
+    V: (d_in, C)   — column c reads the input  (spec: row V^l_{c,:})
+    U: (C, d_out)  — row c writes the output   (spec: column U^l_{:,c})
+so the layer computes  y = ((x @ V) ⊙ mask) @ U + bias,  the same product for a `Linear`, a
+GPT-2 `Conv1D` and (with the input a token index, `x @ V` becoming a row lookup) an `Embedding`.
+The equivalent weight is `V @ U` in (d_in, d_out) layout; a `Linear` stores its transpose.
+"""
+
+import itertools
+import math
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from spd.models.scalar_mlp import scalar_mlp
+
+WeightLayout = Literal["out_in", "in_out"]
+
+
+class Components(nn.Module):
+    """C rank-one subcomponents V[:, c] ⊗ U[c, :] of one matrix, with the target's bias kept.
+
+    `weight_layout` says how the target stores its matrix: `out_in` for `nn.Linear`
+    (d_out × d_in), `in_out` for GPT-2 `Conv1D` and `nn.Embedding` (d_in × d_out).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        C: int,
+        weight_layout: WeightLayout,
+        bias: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_in, self.d_out, self.C = d_in, d_out, C
+        self.weight_layout: WeightLayout = weight_layout
+        self._V = nn.Parameter(torch.empty(d_in, C))
+        self._U = nn.Parameter(torch.empty(C, d_out))
+        self.bias: Tensor | None
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # Set by `tie_to`: this matrix is the transpose of another's, so its factors are the
+        # other's factors swapped and transposed. Held in a tuple so it is not a submodule.
+        self._tied_source: tuple[Components, ...] = ()
+
+    @property
+    def V(self) -> Float[Tensor, "d_in C"]:
+        return self._tied_source[0].U.T if self._tied_source else self._V
+
+    @property
+    def U(self) -> Float[Tensor, "C d_out"]:
+        return self._tied_source[0].V.T if self._tied_source else self._U
+
+    def tie_to(self, source: "Components") -> None:
+        """Make this matrix the transpose of `source`'s: V = source.U.T and U = source.V.T."""
+        if (source.d_in, source.d_out, source.C) != (self.d_out, self.d_in, self.C):
+            raise ValueError("tied matrices must be transposes of each other with the same C")
+        del self._V, self._U
+        self._tied_source = (source,)
+
+    @property
+    def is_tied(self) -> bool:
+        return bool(self._tied_source)
+
+    def init_from_target(
+        self, target_weight: Tensor, generator: torch.Generator | None = None
+    ) -> None:
+        """Random unit-norm factors, each U row scaled by the target's projection on its direction."""
+        if self.is_tied:
+            return
+        w = self.as_in_out(target_weight).detach()
+        with torch.no_grad():
+            V = torch.randn(self.d_in, self.C, generator=generator, device="cpu").to(w.device)
+            U = torch.randn(self.C, self.d_out, generator=generator, device="cpu").to(w.device)
+            V /= V.norm(dim=0, keepdim=True)
+            U /= U.norm(dim=1, keepdim=True)
+            # Projection of W (d_in × d_out) onto the rank-one direction v_c u_c^T.
+            scale = torch.einsum("ic,io,co->c", V, w, U)
+            self._V.copy_(V)
+            self._U.copy_(U * scale[:, None])
+
+    def as_in_out(self, weight: Tensor) -> Float[Tensor, "d_in d_out"]:
+        return weight.T if self.weight_layout == "out_in" else weight
+
+    @property
+    def weight(self) -> Tensor:
+        """The summed subcomponents in the target's own weight layout."""
+        w = self.V @ self.U
+        return w.T if self.weight_layout == "out_in" else w
+
+    def subcomponent_weights(self) -> Float[Tensor, "C d_in d_out"]:
+        """Each rank-one subcomponent as a (d_in, d_out) matrix."""
+        return torch.einsum("ic,co->cio", self.V, self.U)
+
+    def inner_acts(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... C"]:
+        return x @ self.V
+
+    def forward(
+        self, x: Float[Tensor, "... d_in"], mask: Float[Tensor, "... C"] | None = None
+    ) -> Float[Tensor, "... d_out"]:
+        acts = self.inner_acts(x)
+        if mask is not None:
+            acts = acts * mask
+        out = acts @ self.U
+        return out if self.bias is None else out + self.bias
+
+
+class EmbeddingComponents(Components):
+    """Components of an `nn.Embedding` (vocab × d): a token's inner activations are V[token]."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int, C: int) -> None:
+        super().__init__(vocab_size, embedding_dim, C, weight_layout="in_out", bias=None)
+
+    def inner_acts(self, x: Int[Tensor, "..."]) -> Float[Tensor, "... C"]:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return self.V[x]
+
+
+class MLPGates(nn.Module):
+    """`gate_type: mlp` — one tiny MLP per subcomponent on its scalar inner activation.
+
+    All C MLPs run at once as batched maps: hidden layer k has weights (C, d_k, d_{k+1}).
+    """
+
+    def __init__(self, C: int, hidden_dims: list[int]) -> None:
+        super().__init__()
+        dims = [1, *hidden_dims, 1]
+        self.weights = nn.ParameterList(
+            nn.Parameter(_fan_in_normal((C, d_in, d_out), d_in))
+            for d_in, d_out in itertools.pairwise(dims)
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(C, d_out)) for d_out in dims[1:])
+
+    def forward(self, inner_acts: Float[Tensor, "... C"]) -> Float[Tensor, "... C"]:
+        if len(self.weights) == 2:
+            # One hidden layer (the common case): the fused kernel, same maths.
+            w1, w2 = self.weights
+            b1, b2 = self.biases
+            return scalar_mlp(inner_acts, w1[:, 0, :], b1, w2[:, :, 0], b2[:, 0])
+        last = len(self.weights) - 1
+        h: Tensor = inner_acts.unsqueeze(-1)  # (..., C, 1)
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if k == 0:
+                # A (1 → d) map is an outer product; skip the einsum.
+                h = h * w[:, 0, :] + b
+            elif k == last and w.shape[-1] == 1:
+                h = (h * w[:, :, 0]).sum(-1, keepdim=True) + b
+            else:
+                h = torch.einsum("...ci,cio->...co", h, w) + b
+            if k < last:
+                h = torch.nn.functional.gelu(h)
+        return h.squeeze(-1)
+
+
+class VectorMLPGates(nn.Module):
+    """`gate_type: vector_mlp` — one MLP per subcomponent on the whole pre-weight activation."""
+
+    def __init__(self, C: int, d_in: int, hidden_dims: list[int]) -> None:
+        super().__init__()
+        dims = [*hidden_dims, 1]
+        self.C = C
+        self.in_weight = nn.Parameter(_fan_in_normal((d_in, C, dims[0]), d_in))
+        self.in_bias = nn.Parameter(torch.zeros(C, dims[0]))
+        self.weights = nn.ParameterList(
+            nn.Parameter(_fan_in_normal((C, a, b), a)) for a, b in itertools.pairwise(dims)
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(C, b)) for b in dims[1:])
+
+    def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... C"]:
+        d_in, C, d_hidden = self.in_weight.shape
+        h = (x @ self.in_weight.reshape(d_in, C * d_hidden)).unflatten(-1, (C, d_hidden))
+        h = h + self.in_bias
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = torch.einsum("...ci,cio->...co", torch.nn.functional.gelu(h), w) + b
+        return h.squeeze(-1)
+
+
+def _fan_in_normal(shape: tuple[int, ...], fan_in: int) -> Tensor:
+    # He-style scale keeps the pre-GELU variance near 1 whatever the width.
+    return torch.randn(shape) * math.sqrt(2.0 / fan_in)

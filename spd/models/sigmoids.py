@@ -1,0 +1,71 @@
+"""Squashing functions that turn raw causal-importance outputs into values in [0, 1].
+
+Each `sigmoid_type` yields a pair: the function used for masks and the one used for the
+importance-minimality loss. `leaky_hard` uses a lower-leaky hard sigmoid for masks (so dead
+gates get gradient) and an upper-leaky one for the loss (so values above 1 are still pushed down).
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from spd.configs import SigmoidType
+
+LEAK = 0.01
+
+
+class _LowerLeakyHardSigmoid(torch.autograd.Function):
+    """Forward clamp(x, 0, 1); backward slope 1 on (0, 1], LEAK for x <= 0, 0 for x > 1."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grad_outputs: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
+        slope = torch.where(x <= 0, LEAK, (x <= 1).to(x.dtype))
+        return grad_outputs[0] * slope
+
+
+def lower_leaky_hard_sigmoid(x: Tensor) -> Tensor:
+    result = _LowerLeakyHardSigmoid.apply(x)
+    assert isinstance(result, Tensor)
+    return result
+
+
+def upper_leaky_hard_sigmoid(x: Tensor) -> Tensor:
+    """0 for x <= 0, x on [0, 1], 1 + LEAK·(x − 1) above 1."""
+    return torch.where(x > 1, 1 + LEAK * (x - 1), x.clamp(min=0.0))
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    return x.clamp(0.0, 1.0)
+
+
+SWISH_SHARPNESS = 10.0
+
+
+def swish_hard_sigmoid(x: Tensor) -> Tensor:
+    """A smooth hard sigmoid: (swish(kx) − swish(k(x − 1))) / k, ≈0 below 0 and ≈1 above 1."""
+    k = SWISH_SHARPNESS
+    return (F.silu(k * x) - F.silu(k * (x - 1))) / k
+
+
+SigmoidFn = Callable[[Tensor], Tensor]
+
+
+def get_sigmoids(sigmoid_type: SigmoidType) -> tuple[SigmoidFn, SigmoidFn]:
+    """(mask-side function, loss-side function) for a `sigmoid_type`."""
+    if sigmoid_type == "leaky_hard":
+        return lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
+    single: SigmoidFn = {
+        "normal": torch.sigmoid,
+        "hard": hard_sigmoid,
+        "upper_leaky_hard": upper_leaky_hard_sigmoid,
+        "swish_hard": swish_hard_sigmoid,
+    }[sigmoid_type]
+    return single, lambda x: single(x).abs()

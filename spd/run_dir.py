@@ -1,0 +1,88 @@
+"""The run directory: every run writes its config, metrics, figures and checkpoints to a new one.
+
+Layout:
+    <root>/<YYYYmmdd-HHMMSS>-<name>/
+        final_config.yaml    the validated config of the run
+        metrics.jsonl        one JSON object per logged step
+        figures/<name>_<step>.png
+        checkpoints/model_<step>.pth
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from spd.atomic_files import atomic_write_text
+from spd.config_loading import save_config
+from spd.configs import Config
+
+OUT_DIR_ENV = "SPD_OUT_DIR"
+DEFAULT_ROOT = "spd_out"
+CONFIG_FILE = "final_config.yaml"
+
+
+def output_root(configured: str | None) -> Path:
+    """SPD_OUT_DIR if set, else the config's `out_dir`, else ./spd_out."""
+    return Path(os.environ.get(OUT_DIR_ENV) or configured or DEFAULT_ROOT).expanduser()
+
+
+class RunDirectory:
+    """A freshly created directory that belongs to exactly one run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.figures = path / "figures"
+        self.checkpoints = path / "checkpoints"
+        self.metrics_file = path / "metrics.jsonl"
+
+    @classmethod
+    def create(cls, root: Path, name: str) -> "RunDirectory":
+        """Make a new directory under `root`; never reuses an existing one."""
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1000):
+            suffix = "" if attempt == 0 else f"-{attempt}"
+            path = root / f"{stamp}-{name}{suffix}"
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise RuntimeError(f"could not create a new run directory under {root}")
+
+    def write_config(self, config: Config) -> None:
+        save_config(config, self.path / CONFIG_FILE)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        with self.metrics_file.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def discard_metrics_from(self, step: int) -> None:
+        """Drop the metrics rows of `step` and later (a resumed run logs them again)."""
+        if not self.metrics_file.exists():
+            return
+        kept = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                # Only a process killed mid-append leaves a broken line, and it is the last one.
+                continue
+            if row["step"] < step:
+                kept.append(line + "\n")
+        atomic_write_text(self.metrics_file, "".join(kept))
+
+    def save_figure(self, step: int, name: str, figure: Figure) -> Path:
+        self.figures.mkdir(exist_ok=True)
+        path = self.figures / f"{name}_{step}.png"
+        figure.savefig(path, dpi=110)
+        return path
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """All rows of a run's metrics.jsonl (a run directory or the file itself)."""
+    file = path / "metrics.jsonl" if path.is_dir() else path
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]

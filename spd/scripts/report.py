@@ -1,0 +1,67 @@
+"""`spd-report`: one self-contained HTML page summarising a set of runs.
+
+    spd-report spd_out/20250101-120000-tms spd_out/20250101-121500-tms --out summary.html
+    spd-report spd_out/ --out summary.html     # every run directory directly inside spd_out/
+
+The page shows the final metrics side by side, the config keys that differ between the runs and
+each run's latest figures (embedded), and links each run's own report.html.
+"""
+
+import argparse
+from pathlib import Path
+
+from spd.atomic_files import atomic_write_text
+from spd.errors import SPDUserError, run_cli
+from spd.report import is_run_directory, read_run, render_summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spd-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run directories, or folders holding run directories",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("summary.html"), help="where to write the page"
+    )
+    parser.add_argument("--title", default="SPD runs", help="the page title")
+    return parser
+
+
+def expand_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories as given, and the run directories directly inside any other folder given."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise SPDUserError(f"no such directory: {path}")
+        if is_run_directory(path):
+            found.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and is_run_directory(p))
+        if not inside:
+            raise SPDUserError(
+                f"{path} is not a run directory and holds none (no final_config.yaml or metrics.jsonl)"
+            )
+        found.extend(inside)
+    return list(dict.fromkeys(found))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    runs = [read_run(path) for path in expand_run_dirs(args.run_dirs)]
+    out: Path = args.out
+    atomic_write_text(out, render_summary(runs, out.resolve().parent, title=args.title))
+    print(f"spd-report: {len(runs)} run(s) summarised in {out}")
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

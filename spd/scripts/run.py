@@ -1,0 +1,364 @@
+"""`spd-run`: run registered experiments (and parameter sweeps) on SLURM or here.
+
+    spd-run --experiments tms_5-2,tms_5-2-id                 # one SLURM job array, one GPU per task
+    spd-run --experiments tms_5-2 --sweep --n-agents 4       # grid of spd/scripts/sweep_params.yaml
+    spd-run --experiments tms_5-2 --dp 2                     # one task, 2 GPUs, torchrun
+    spd-run --experiments tms_5-2 --local --cpu --override steps=2000
+
+Every run's config is validated before anything is submitted. On SLURM, the tasks run from a git
+snapshot of the working tree (branch spd-snapshot/<launch id>), write their run directories under
+<output root>/<launch id>/, and log to $SPD_SLURM_LOG_DIR (default ~/slurm_logs).
+    spd-run --resume spd_out/<run dir> --local              # continue a stopped run
+
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spd.config_loading import read_yaml
+from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
+from spd.experiments.run_decomposition import parse_override
+from spd.launch import git_snapshot, slurm
+from spd.launch.commands import run_command
+from spd.launch.plan import LaunchSettings, PlannedRun, new_launch_id, plan_runs
+from spd.launch.report import build_report, write_manifest
+from spd.launch.sweeps import DEFAULT_SWEEP_FILE, load_sweep
+from spd.registry import EXPERIMENT_REGISTRY, get_experiment
+from spd.run_paths import REPO_ROOT
+
+SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+MAX_GPUS_ENV = "SPD_MAX_GPUS_PER_NODE"
+DEFAULT_MAX_GPUS = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="spd-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--experiments", default=None, help="comma-separated names (default: all registered)")
+    add(
+        "--sweep",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_SWEEP_FILE,
+        default=None,
+        metavar="FILE",
+        help=f"sweep over the grid in FILE (default {DEFAULT_SWEEP_FILE.name} beside this script)",
+    )
+    add(
+        "--n-agents",
+        type=int,
+        default=None,
+        help="at most this many SLURM tasks at once (needed with --sweep)",
+    )
+    add("--cpu", action="store_true", help="run on CPU (no GPU requested on SLURM)")
+    add(
+        "--dp",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data parallelism: N processes per run under torchrun",
+    )
+    add("--project", default="spd", help="W&B project (with --use-wandb)")
+    add("--local", action="store_true", help="run here, one after another, instead of on SLURM")
+    add("--job-suffix", default=None, help="appended to the SLURM job name and the launch id")
+    add(
+        "--create-report",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="build a summary page of the launch's runs (default: for a multi-experiment launch "
+        "without --sweep)",
+    )
+    add("--report-title", default=None, help="title of that summary page")
+    add(
+        "--log-format",
+        choices=["default", "terse"],
+        default="default",
+        help="terse: one line per run (local runs log to files in the launch directory) or per job",
+    )
+    add(
+        "--create-snapshot",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run from a git snapshot of the working tree (default: on SLURM yes, with --local no)",
+    )
+    add(
+        "--use-wandb",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="track runs in W&B (default: off)",
+    )
+    add(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run; repeatable",
+    )
+    add("--no-progress", action="store_true", help="hide progress bars of local runs")
+    add(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the stopped run in RUN_DIR (with --local)",
+    )
+    return parser
+
+
+def resume_command(run_dir: Path, overrides: list[str], cpu: bool, no_progress: bool) -> list[str]:
+    """The command line that continues the run in `run_dir` with its experiment's script."""
+    # Imported here: they pull in torch, which spd-run itself does not otherwise need.
+    from spd.resume import check_run_directory
+    from spd.run_dir import CONFIG_FILE
+
+    check_run_directory(run_dir)
+    task_config = read_yaml(run_dir / CONFIG_FILE).get("task_config")
+    task = task_config.get("task_name") if isinstance(task_config, dict) else None
+    scripts = [s.decomp_script for s in EXPERIMENT_REGISTRY.values() if s.task_name == task]
+    if not scripts:
+        raise SPDUserError(f"cannot resume {run_dir}: no registered experiment runs task '{task}'")
+    cmd = [sys.executable, str(scripts[0]), "--resume", str(run_dir)]
+    for override in overrides:
+        cmd += ["--override", override]
+    if cpu:
+        cmd += ["--override", "device=cpu"]
+    if no_progress:
+        cmd.append("--no-progress")
+    return cmd
+
+
+def selected_experiments(names: str | None) -> list[str]:
+    if names is None:
+        return list(EXPERIMENT_REGISTRY)
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise SPDUserError("--experiments is empty; give comma-separated names")
+    for name in chosen:
+        get_experiment(name)
+    return chosen
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that are wrong whatever the configs say."""
+    if args.job_suffix is not None and not SUFFIX_PATTERN.fullmatch(args.job_suffix):
+        raise SPDUserError(
+            f"--job-suffix '{args.job_suffix}' may only use letters, digits, '.', '_' and '-'"
+        )
+    if args.n_agents is not None and args.n_agents < 1:
+        raise SPDUserError(f"--n-agents must be at least 1, got {args.n_agents}")
+    if args.sweep is not None and not args.local and args.n_agents is None:
+        raise SPDUserError(
+            "--n-agents is required with --sweep on SLURM (how many runs may run at once)"
+        )
+    if args.dp < 1:
+        raise SPDUserError(f"--dp must be at least 1, got {args.dp}")
+    if args.dp == 1:
+        return
+    if args.cpu:
+        cores = os.cpu_count() or 1
+        if args.local and args.dp > cores:
+            raise SPDUserError(
+                f"--dp {args.dp} --cpu needs {args.dp} processes but this machine has {cores} cores"
+            )
+    elif args.local:
+        gpus = torch.cuda.device_count()
+        if args.dp > gpus:
+            raise SPDUserError(
+                f"--dp {args.dp} needs {args.dp} GPUs but this machine has {gpus}; "
+                f"add --cpu to run {args.dp} CPU processes (gloo)"
+            )
+    else:
+        limit = int(os.environ.get(MAX_GPUS_ENV) or DEFAULT_MAX_GPUS)
+        if args.dp > limit:
+            raise SPDUserError(
+                f"--dp {args.dp} asks for more GPUs than a node has ({limit}; set {MAX_GPUS_ENV} if yours has more)"
+            )
+
+
+def source_tree(launch_id: str, create_snapshot: bool) -> tuple[Path, git_snapshot.Snapshot | None]:
+    """The copy of the code the runs use: a fresh snapshot export, or the working tree itself."""
+    if not create_snapshot:
+        return REPO_ROOT, None
+    repo = git_snapshot.repo_root(REPO_ROOT)
+    snapshot = git_snapshot.create_snapshot(repo, launch_id)
+    export = git_snapshot.export_snapshot(snapshot, git_snapshot.snapshot_base_dir() / launch_id)
+    return export / REPO_ROOT.resolve().relative_to(repo.resolve()), snapshot
+
+
+def run_locally(
+    runs: list[PlannedRun], commands: list[list[str]], tree: Path, log_dir: Path | None
+) -> None:
+    """Run one after another; with `log_dir` (terse), each run's output goes to a file there."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("SPD_OUT_DIR", None)  # each run's out_dir is on its command line
+    failures = []
+    for index, (run, command) in enumerate(zip(runs, commands, strict=True)):
+        if log_dir is None:
+            print(f"spd-run: [{index + 1}/{len(runs)}] {run.name}", flush=True)
+            result = subprocess.run(command, cwd=tree, env=env, check=False)
+        else:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = log_dir / f"{run.name}.log"
+            with log.open("w") as handle:
+                result = subprocess.run(
+                    command, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
+                )
+            print(
+                f"spd-run: {run.name}: {'ok' if result.returncode == 0 else 'FAILED'} (log {log})",
+                flush=True,
+            )
+        if result.returncode != 0:
+            failures.append(run.name)
+    if failures:
+        raise SPDUserError(f"run(s) failed: {', '.join(failures)} (see the output above)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.resume is not None:
+        resume(args)
+        return
+    experiments = selected_experiments(args.experiments)
+    check_options(args)
+    sweep = load_sweep(args.sweep, list(EXPERIMENT_REGISTRY)) if args.sweep is not None else None
+    launch_id = new_launch_id(args.job_suffix)
+    settings = LaunchSettings(
+        launch_id=launch_id,
+        cpu=args.cpu,
+        dp=args.dp,
+        use_wandb=args.use_wandb,
+        project=args.project,
+    )
+    user_overrides: dict[str, Any] = dict(parse_override(o) for o in args.override)
+    runs = plan_runs(experiments, user_overrides, sweep, settings)
+    if not args.local:
+        slurm.require_sbatch(len(runs))
+    # Everything is valid: from here on the launch has effects (snapshot, files, jobs).
+    create_snapshot = not args.local if args.create_snapshot is None else args.create_snapshot
+    tree, snapshot = source_tree(launch_id, create_snapshot)
+    no_progress = args.no_progress or not args.local or args.log_format == "terse"
+    # On SLURM each run gets a fixed directory, so a requeued task continues it by itself.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    commands = [
+        run_command(
+            run,
+            REPO_ROOT,
+            tree,
+            args.dp,
+            no_progress,
+            run_dir=None if args.local else run.out_dir / f"{stamp}-{run.name}",
+        )
+        for run in runs
+    ]
+    launch_dir = runs[0].out_dir
+    report_due = (
+        args.create_report
+        if args.create_report is not None
+        else len(experiments) > 1 and sweep is None
+    )
+    manifest: dict[str, Any] = {
+        "launch_id": launch_id,
+        "source_tree": str(tree),
+        "snapshot": {"branch": snapshot.branch, "commit": snapshot.commit} if snapshot else None,
+        "report_title": args.report_title,
+        "runs": [
+            {
+                "index": i,
+                "name": r.name,
+                "experiment": r.experiment,
+                "out_dir": str(r.out_dir),
+                "command": c,
+            }
+            for i, (r, c) in enumerate(zip(runs, commands, strict=True))
+        ],
+    }
+    write_manifest(launch_dir, manifest)
+    terse = args.log_format == "terse"
+    if not terse:
+        print(f"spd-run: launch {launch_id}: {len(runs)} run(s); outputs under {launch_dir}")
+        if snapshot is not None:
+            print(f"  code: {snapshot.branch} ({snapshot.commit[:10]}), checked out in {tree}")
+        for i, run in enumerate(runs):
+            print(f"  [{i}] {run.name}")
+    if args.local:
+        try:
+            run_locally(runs, commands, tree, launch_dir / "logs" if terse else None)
+        finally:
+            if report_due:
+                print(f"spd-run: report {build_report(launch_dir, args.report_title)}")
+        return
+    submit(args, runs, commands, tree, launch_dir, manifest, report_due)
+
+
+def resume(args: argparse.Namespace) -> None:
+    """Continue one stopped run here; passes the script's exit code on (75: stopped again)."""
+    if args.experiments is not None:
+        raise SPDUserError("--resume continues the run it names; drop --experiments")
+    if not args.local:
+        raise SPDUserError(
+            "--resume runs here; add --local (a requeued SLURM task resumes by itself)"
+        )
+    cmd = resume_command(args.resume, args.override, args.cpu, args.no_progress)
+    print(f"spd-run: resuming {args.resume}", flush=True)
+    raise SystemExit(subprocess.run(cmd, check=False).returncode)
+
+
+def submit(
+    args: argparse.Namespace,
+    runs: list[PlannedRun],
+    commands: list[list[str]],
+    tree: Path,
+    launch_dir: Path,
+    manifest: dict[str, Any],
+    report_due: bool,
+) -> None:
+    """Submit the launch as one job array (and its report as a job that waits for it)."""
+    job_name = f"spd-{args.job_suffix}" if args.job_suffix else "spd"
+    job = slurm.ArrayJob(
+        job_name=job_name,
+        commands=commands,
+        time_minutes=slurm.time_limit_minutes(
+            [get_experiment(r.experiment).expected_runtime for r in runs]
+        ),
+        log_dir=slurm.log_dir(),
+        workdir=tree,
+        pythonpath=tree,
+        n_agents=args.n_agents,
+        gpus_per_task=0 if args.cpu else args.dp,
+        cpus_per_task=args.dp,
+    )
+    job_id = slurm.submit_array(job, launch_dir / "slurm_array.sh")
+    manifest["slurm"] = {"job_id": job_id, "script": str(launch_dir / "slurm_array.sh")}
+    limit = f", at most {args.n_agents} at a time" if args.n_agents else ""
+    print(f"spd-run: submitted job array {job_id} ({len(commands)} task(s){limit})")
+    if args.log_format != "terse":
+        print("\n".join(slurm.watch_hints(job_id, job)))
+    if report_due:
+        report_cmd = [sys.executable, "-m", "spd.launch.report", str(launch_dir)]
+        report_cmd += ["--title", args.report_title] if args.report_title else []
+        report_job = slurm.submit_after(job_id, f"{job_name}-report", report_cmd, tree, tree)
+        manifest["slurm"]["report_job_id"] = report_job
+        print(
+            f"spd-run: report job {report_job} writes {launch_dir / 'report.html'} after the array"
+        )
+    write_manifest(launch_dir, manifest)
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

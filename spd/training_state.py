@@ -1,0 +1,59 @@
+"""Everything besides the parameters that a run needs to continue exactly where it stopped.
+
+The training state of a checkpoint holds the optimiser state, every RNG state, the position of
+each data stream and the alive tracker; `spd.checkpoints.save_checkpoint` writes it next to the
+decomposition and its config.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spd.alive_tracker import AliveTracker
+from spd.configs import Config
+from spd.data.stream_state import TrackedStream
+from spd.errors import SPDUserError
+from spd.models.component_model import ComponentModel
+from spd.resume import check_checkpoint
+from spd.rng_state import capture_rng_state, restore_rng_state
+
+
+def capture_training_state(
+    optimizer: torch.optim.Optimizer, alive: AliveTracker, streams: Mapping[str, TrackedStream]
+) -> dict[str, Any]:
+    """The training state as checkpoint entries ('optimizer', 'rng', 'data', 'alive')."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng_state(),
+        "data": {name: stream.state_dict() for name, stream in streams.items()},
+        "alive": alive.state_dict(),
+    }
+
+
+def restore_training_state(
+    data: dict[str, Any],
+    source: Path,
+    config: Config,
+    model: ComponentModel,
+    optimizer: torch.optim.Optimizer,
+    alive: AliveTracker,
+    streams: Mapping[str, TrackedStream],
+) -> int:
+    """Load a checkpoint's parameters and training state; returns the step to continue at.
+
+    The RNG states are restored last, after everything that might draw random numbers.
+    """
+    step = check_checkpoint(data, source, config)
+    try:
+        model.load_decomposition_state(data["decomposition"])
+        optimizer.load_state_dict(data["optimizer"])
+        alive.load_state_dict(data["alive"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        message = f"{source} does not match its config's architecture: {type(err).__name__}: {err}"
+        raise SPDUserError(message.split("\n")[0]) from None
+    for name, stream in streams.items():
+        stream.load_state_dict(data["data"][name])
+    restore_rng_state(data["rng"])
+    return step

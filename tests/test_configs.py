@@ -1,0 +1,205 @@
+"""The typed config: the shipped TMS configs, validation, one-line errors, overrides, round trip."""
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+import yaml
+
+from spd.config_loading import apply_overrides, load_config, read_yaml, save_config
+from spd.configs import Config, TMSTaskConfig
+from spd.errors import SPDUserError
+from tests.paths import TMS_5_2_CONFIG, TMS_DIR
+
+
+def _write_config(tmp_path: Path, **changes: Any) -> Path:
+    """The tms_5-2 config with top-level keys changed (a value of `...` deletes the key)."""
+    data = yaml.safe_load(TMS_5_2_CONFIG.read_text())
+    for key, value in changes.items():
+        if value is ...:
+            del data[key]
+        else:
+            data[key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _error(path: Path, overrides: dict[str, Any] | None = None) -> str:
+    with pytest.raises(SPDUserError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message, "errors are one line"
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "C", "importance", "pnorm", "patterns"),
+    [
+        ("tms_5_2", 20, 3e-3, 1.0, ["linear1", "linear2"]),
+        ("tms_5_2_id", 20, 3e-3, 1.0, ["linear1", "linear2", "hidden_layers.0"]),
+        ("tms_40_10", 200, 1e-4, 2.0, ["linear1", "linear2"]),
+        ("tms_40_10_id", 200, 1e-4, 2.0, ["linear1", "linear2", "hidden_layers.0"]),
+    ],
+)
+def test_shipped_tms_configs_follow_the_spec(
+    name: str, C: int, importance: float, pnorm: float, patterns: list[str]
+) -> None:
+    config = load_config(TMS_DIR / f"{name}_config.yaml")
+    assert config.C == C
+    assert sorted(config.target_module_patterns) == sorted(patterns)
+    assert config.tied_weights == [("linear1", "linear2")]
+    assert (config.gate_type, config.gate_hidden_dims) == ("mlp", [16])
+    assert config.importance_minimality_coeff == importance and config.pnorm == pnorm
+    assert config.loss_coeffs == {
+        "faithfulness": 1.0,
+        "stochastic_recon": 1.0,
+        "stochastic_recon_layerwise": 1.0,
+        "importance_minimality": importance,
+    }
+    assert (config.lr, config.lr_schedule, config.batch_size, config.steps) == (
+        1e-3,
+        "cosine",
+        4096,
+        40_000,
+    )
+    assert config.output_loss_type == "mse" and config.seed == 0
+    assert isinstance(config.task_config, TMSTaskConfig)
+    assert config.task_config.feature_probability == 0.05
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(TMS_5_2_CONFIG)
+    with pytest.raises(pydantic.ValidationError):
+        config.C = 3  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def test_null_coefficients_are_left_out_of_loss_coeffs() -> None:
+    config = load_config(
+        TMS_5_2_CONFIG, {"stochastic_recon_layerwise_coeff": None, "schatten_coeff": 0.5}
+    )
+    assert set(config.loss_coeffs) == {
+        "faithfulness",
+        "stochastic_recon",
+        "importance_minimality",
+        "schatten",
+    }
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    config = load_config(TMS_5_2_CONFIG, {"lr_warmup_pct": 0.1, "metrics": [{"name": "ci_l0"}]})
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+def test_dotted_overrides_reach_nested_blocks_without_touching_the_input() -> None:
+    data = {"C": 3, "task_config": {"task_name": "tms", "feature_probability": 0.05}}
+    result = apply_overrides(data, {"task_config.feature_probability": 0.2, "C": 5})
+    assert result == {"C": 5, "task_config": {"task_name": "tms", "feature_probability": 0.2}}
+    assert data["task_config"]["feature_probability"] == 0.05
+
+
+def test_override_through_a_scalar_is_a_user_error() -> None:
+    with pytest.raises(SPDUserError, match="'C' is not a nested config block"):
+        apply_overrides({"C": 3}, {"C.x": 1})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "config file not found" in _error(tmp_path / "absent.yaml")
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("C: 20\nsteps: [1, 2\nlr: 0.1\n")
+    message = _error(path)
+    assert message.startswith(f"invalid YAML in {path} at line")
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(SPDUserError, match="must contain a YAML mapping"):
+        read_yaml(path)
+
+
+def test_mistyped_nested_key_names_key_path_and_suggestion(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, task_config={"task_name": "tms", "feature_probabilty": 0.05})
+    message = _error(path)
+    assert str(path) in message
+    assert "unknown config key 'task_config.feature_probabilty'" in message
+    assert "did you mean 'feature_probability'?" in message
+
+
+def test_mistyped_top_level_key(tmp_path: Path) -> None:
+    message = _error(_write_config(tmp_path, importance_minimality_coef=1e-3))
+    assert "unknown config key 'importance_minimality_coef'" in message
+    assert "'importance_minimality_coeff'" in message
+
+
+def test_unknown_key_given_as_an_override() -> None:
+    assert "unknown config key 'stepz'" in _error(TMS_5_2_CONFIG, {"stepz": 10})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"task_config.feature_probability": 1.5}, "task_config.feature_probability"),
+        ({"C": 0}, "C"),
+        ({"lr": -1.0}, "lr"),
+        ({"lr_warmup_pct": 2.0}, "lr_warmup_pct"),
+        ({"steps": "many"}, "steps"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"gate_type": "transformer"}, "gate_type"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(overrides: dict[str, Any], key: str) -> None:
+    message = _error(TMS_5_2_CONFIG, overrides)
+    assert f"invalid value for '{key}'" in message
+    assert repr(next(iter(overrides.values()))) in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    assert "missing required config key 'C'" in _error(_write_config(tmp_path, C=...))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"gradient_accumulation_steps": 3}, "must be divisible by gradient_accumulation_steps"),
+        ({"lr_schedule": "exponential"}, "needs lr_exponential_halflife"),
+        (
+            {"p_anneal_final_p": 0.5, "p_anneal_start_frac": 0.8, "p_anneal_end_frac": 0.5},
+            "p_anneal_end_frac",
+        ),
+        ({"pretrained_model_path": None}, "set pretrained_model_path"),
+        ({"metrics": [{"name": "ci_l1"}]}, "unknown metric 'ci_l1'"),
+        (
+            {"metrics": [{"name": "ci_l0", "params": {"thresh": 0.1}}]},
+            "takes no parameter 'thresh'",
+        ),
+        ({"figures": [{"name": "nope"}]}, "unknown figure 'nope'"),
+    ],
+)
+def test_inconsistent_settings_are_one_line_errors(
+    overrides: dict[str, Any], fragment: str
+) -> None:
+    assert fragment in _error(TMS_5_2_CONFIG, overrides)
+
+
+def test_every_coefficient_null_is_an_error() -> None:
+    nulls: dict[str, Any] = {
+        f"{name}_coeff": None
+        for name in Config.model_validate(yaml.safe_load(TMS_5_2_CONFIG.read_text())).loss_coeffs
+    }
+    assert "nothing would be optimised" in _error(TMS_5_2_CONFIG, nulls)
+
+
+def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    message = _error(_write_config(tmp_path, C=-1, stepz=3))
+    assert "'C'" in message and "'stepz'" in message
+
+
+def test_mistyped_key_inside_a_list_entry() -> None:
+    message = _error(TMS_5_2_CONFIG, {"metrics": [{"nme": "ci_l0"}]})
+    assert "unknown config key 'metrics.0.nme'; did you mean 'name'?" in message

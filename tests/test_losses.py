@@ -1,0 +1,349 @@
+"""Every loss term of spec §4 and the stochastic masks of §3, on cases worked out by hand.
+
+The hand model (`hand_model`) is `TwoLinear` (out = fc2(fc1(x)) = x + b, b = [0.5, −0.5]) with
+    fc1 components: V = I, U = diag(2, 3)   (so fc1 ≈ diag(2, 3) instead of I)
+    fc2 components: V = I, U = I            (exact)
+"""
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from spd.configs import Config, TMSTaskConfig
+from spd.losses import (
+    embedding_recon_loss,
+    faithfulness_loss,
+    importance_minimality_loss,
+    layerwise_recon_loss,
+    output_divergence,
+    recon_loss,
+    schatten_loss,
+    stochastic_masks,
+    total_loss,
+)
+from spd.models.component_model import ComponentModel
+from tests.toy_targets import TinyLM, TwoLinear
+
+X = torch.tensor([[1.0, 1.0]])
+TARGET_OUT = torch.tensor([[1.5, 0.5]])  # x + b
+
+NO_TERMS: dict[str, Any] = {
+    "faithfulness_coeff": None,
+    "stochastic_recon_coeff": None,
+    "stochastic_recon_layerwise_coeff": None,
+    "recon_coeff": None,
+    "recon_layerwise_coeff": None,
+    "importance_minimality_coeff": None,
+    "schatten_coeff": None,
+    "out_recon_coeff": None,
+    "embedding_recon_coeff": None,
+}
+
+
+def _config(**fields: Any) -> Config:
+    base: dict[str, Any] = {
+        "C": 2,
+        "target_module_patterns": ["fc1", "fc2"],
+        "pretrained_model_class": "tests.toy_targets.TwoLinear",
+        "pretrained_model_path": "unused",
+        "task_config": TMSTaskConfig(),
+    }
+    return Config(**{**base, **NO_TERMS, **fields})
+
+
+@pytest.fixture
+def hand_model() -> ComponentModel:
+    model = ComponentModel(TwoLinear(), ["fc1", "fc2"], C=2)
+    with torch.no_grad():
+        model.components["fc1"].V.copy_(torch.eye(2))
+        model.components["fc1"].U.copy_(torch.diag(torch.tensor([2.0, 3.0])))
+        model.components["fc2"].V.copy_(torch.eye(2))
+        model.components["fc2"].U.copy_(torch.eye(2))
+    return model
+
+
+def _softmax(logits: list[float]) -> list[float]:
+    z = sum(math.exp(v) for v in logits)
+    return [math.exp(v) / z for v in logits]
+
+
+def _kl(target_logits: list[float], pred_logits: list[float]) -> float:
+    """KL(softmax(target) ‖ softmax(pred)) = Σ p log(p / q)."""
+    p, q = _softmax(target_logits), _softmax(pred_logits)
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+
+
+# ----- output divergence -----
+
+
+def test_kl_divergence_direction_and_mean_over_rows() -> None:
+    # target [0, 0] → p = [½, ½];  pred [ln 3, 0] → q = [¾, ¼]
+    # KL(p ‖ q) = ½ ln(½ / ¾) + ½ ln(½ / ¼) = ½ ln(4/3);  a second, identical row adds 0.
+    pred = torch.tensor([[math.log(3.0), 0.0], [1.0, 2.0]])
+    target = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    expected = 0.25 * math.log(4.0 / 3.0)
+    assert output_divergence(pred, target, "kl").item() == pytest.approx(expected, rel=1e-5)
+    # The reverse direction, KL(q ‖ p) = ¾ ln(3/2) − ¼ ln 2, is a different number.
+    reverse = 0.5 * (0.75 * math.log(1.5) - 0.25 * math.log(2.0))
+    assert output_divergence(target, pred, "kl").item() == pytest.approx(reverse, rel=1e-5)
+    assert reverse != pytest.approx(expected, rel=1e-2)
+
+
+def test_kl_divergence_averages_over_positions_too() -> None:
+    pred = torch.tensor([[[math.log(3.0), 0.0], [1.0, 2.0]]])  # (batch 1, positions 2, vocab 2)
+    target = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]])
+    assert output_divergence(pred, target, "kl").item() == pytest.approx(
+        0.25 * math.log(4.0 / 3.0), rel=1e-5
+    )
+
+
+def test_mse_divergence_is_the_mean_over_all_elements() -> None:
+    pred = torch.tensor([[math.log(3.0), 0.0], [1.0, 2.0]])
+    target = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
+    expected = (math.log(3.0) ** 2 + 1.0) / 4
+    assert output_divergence(pred, target, "mse").item() == pytest.approx(expected, rel=1e-6)
+
+
+# ----- faithfulness and reconstruction -----
+
+
+def test_faithfulness_hand_case(hand_model: ComponentModel) -> None:
+    # fc1: I − diag(2, 3) = diag(−1, −2) → 1 + 4 = 5; fc2 exact → 0; 8 entries in all.
+    assert faithfulness_loss(hand_model).item() == pytest.approx(5 / 8)
+
+
+def test_faithfulness_counts_entries_of_rectangular_matrices() -> None:
+    # Target fc2 = I (2 × 2), components zero: ‖I‖² = 2 over 4 entries (fc1 not decomposed).
+    model = ComponentModel(TwoLinear(), ["fc2"], C=3)
+    with torch.no_grad():
+        model.components["fc2"].V.zero_()
+    assert faithfulness_loss(model).item() == pytest.approx(2 / 4)
+
+
+def test_recon_with_masks_on_every_layer(hand_model: ComponentModel) -> None:
+    # fc1 with m = [1, ½]: [2·1, 3·½·1] = [2, 1.5]; fc2 with m = [1, 1]: + b → [2.5, 1.0]
+    # MSE vs [1.5, 0.5]: (1² + 0.5²) / 2 = 0.625.
+    masks = {"fc1": torch.tensor([[1.0, 0.5]]), "fc2": torch.tensor([[1.0, 1.0]])}
+    assert recon_loss(hand_model, X, TARGET_OUT, masks, "mse").item() == pytest.approx(0.625)
+    # The same outputs as logits under KL.
+    expected_kl = _kl([1.5, 0.5], [2.5, 1.0])
+    assert recon_loss(hand_model, X, TARGET_OUT, masks, "kl").item() == pytest.approx(
+        expected_kl, rel=1e-5
+    )
+
+
+def test_layerwise_recon_replaces_one_layer_at_a_time(hand_model: ComponentModel) -> None:
+    # Only fc1 (m = [1, ½]): [2, 1.5] → fc2 original → [2.5, 1.0] → MSE 0.625.
+    # Only fc2 (m = [½, 1]): fc1 original gives [1, 1] → [0.5, 1] + b = [1.0, 0.5] → 0.25 / 2 = 0.125.
+    # Mean over the two layers: 0.375 (both at once would give [1.5, 1.0] → 0.125).
+    masks = {"fc1": torch.tensor([[1.0, 0.5]]), "fc2": torch.tensor([[0.5, 1.0]])}
+    assert layerwise_recon_loss(hand_model, X, TARGET_OUT, masks, "mse").item() == pytest.approx(
+        0.375
+    )
+    assert recon_loss(hand_model, X, TARGET_OUT, masks, "mse").item() == pytest.approx(0.125)
+
+
+# ----- importance minimality and schatten -----
+
+
+CI_UPPER = {
+    "a": torch.tensor([[0.5, 0.0], [1.0, 0.25]]),
+    "b": torch.tensor([[1.0], [0.5]]),
+}
+
+
+@pytest.mark.parametrize(
+    ("pnorm", "expected"),
+    [
+        # p = 1: a rows 0.5, 1.25 → mean 0.875;  b rows 1, 0.5 → 0.75;  sum 1.625.
+        (1.0, 1.625),
+        # p = 2: a rows 0.25, 1.0625 → 0.65625;  b rows 1, 0.25 → 0.625;  sum 1.28125.
+        (2.0, 1.28125),
+    ],
+)
+def test_importance_minimality_hand_case(pnorm: float, expected: float) -> None:
+    assert importance_minimality_loss(CI_UPPER, pnorm).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_importance_minimality_eps_keeps_small_p_finite_at_zero() -> None:
+    # (0 + 1e-12)^½ = 1e-6 per subcomponent; two subcomponents per example.
+    g = torch.zeros(3, 2, requires_grad=True)
+    loss = importance_minimality_loss({"a": g}, pnorm=0.5)
+    assert loss.item() == pytest.approx(2e-6, rel=1e-4)
+    loss.backward()
+    assert g.grad is not None and bool(torch.isfinite(g.grad).all())
+
+
+def test_importance_minimality_averages_over_positions_and_counts_upper_leak() -> None:
+    # (batch 1, positions 2, C 2): position sums 1.01 and 0 → mean 0.505.
+    g = torch.tensor([[[1.01, 0.0], [0.0, 0.0]]])
+    assert importance_minimality_loss({"a": g}, pnorm=1.0).item() == pytest.approx(0.505, rel=1e-6)
+
+
+def test_schatten_hand_case(hand_model: ComponentModel) -> None:
+    # Sizes ‖V_c‖² + ‖U_c‖²: fc1 c0 1 + 4 = 5, c1 1 + 9 = 10; fc2 1 + 1 = 2 each.
+    ci_upper = {"fc1": torch.tensor([[1.0, 0.5]]), "fc2": torch.tensor([[0.0, 1.0]])}
+    # p = 1: fc1 5 + ½·10 = 10, fc2 0 + 2 = 2 → 12.   p = 2: 5 + ¼·10 = 7.5, fc2 2 → 9.5.
+    assert schatten_loss(hand_model, ci_upper, 1.0).item() == pytest.approx(12.0, rel=1e-6)
+    assert schatten_loss(hand_model, ci_upper, 2.0).item() == pytest.approx(9.5, rel=1e-6)
+
+
+# ----- embedding recon -----
+
+
+@pytest.fixture
+def embed_model() -> ComponentModel:
+    """TinyLM with embedding E = [[1, 0], [0, 1], [1, 1]], lm_head rows [1, 0], [0, 1], [0, 0]."""
+    target = TinyLM(vocab=3, d_model=2)
+    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    with torch.no_grad():
+        target.embed.weight.copy_(E)
+        target.lm_head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    model = ComponentModel(target, ["embed"], C=2)
+    with torch.no_grad():
+        model.components["embed"].V.copy_(E)  # exact factorisation E = E · I
+        model.components["embed"].U.copy_(torch.eye(2))
+    return model
+
+
+EMB_TOKENS = torch.tensor([[0, 2]])
+EMB_MASKS = {"embed": torch.tensor([[[0.5, 1.0], [1.0, 0.0]]])}
+
+
+def test_embedding_recon_mse(embed_model: ComponentModel) -> None:
+    # token 0: masked [0.5, 0] vs [1, 0]; token 2: masked [1, 0] vs [1, 1] → (0.25 + 1) / 4.
+    pre_acts = {"embed": EMB_TOKENS}
+    loss = embedding_recon_loss(embed_model, pre_acts, EMB_MASKS, unembed=False)
+    assert loss.item() == pytest.approx(0.3125)
+
+
+def test_embedding_recon_through_the_unembedding_is_kl(embed_model: ComponentModel) -> None:
+    # logits: token 0 original [1, 0, 0], masked [0.5, 0, 0]; token 2 original [1, 1, 0], masked [1, 0, 0].
+    expected = (_kl([1.0, 0.0, 0.0], [0.5, 0.0, 0.0]) + _kl([1.0, 1.0, 0.0], [1.0, 0.0, 0.0])) / 2
+    loss = embedding_recon_loss(embed_model, {"embed": EMB_TOKENS}, EMB_MASKS, unembed=True)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_embedding_recon_without_an_embedding_fails(hand_model: ComponentModel) -> None:
+    with pytest.raises(ValueError, match="no Embedding"):
+        embedding_recon_loss(hand_model, {"fc1": X}, {"fc1": X}, unembed=False)
+
+
+# ----- stochastic masks -----
+
+
+def test_stochastic_mask_is_g_plus_one_minus_g_times_uniform_noise() -> None:
+    g = torch.tensor([[0.0, 1.0, 0.25], [0.0, 1.0, 0.25]])
+    torch.manual_seed(7)
+    masks = stochastic_masks({"a": g})["a"]
+    torch.manual_seed(7)
+    r = torch.rand_like(g)
+    torch.testing.assert_close(masks[:, 0], r[:, 0], rtol=0, atol=0)  # g = 0 → m = r
+    assert masks[:, 1].tolist() == [1.0, 1.0]  # g = 1 → m = 1
+    torch.testing.assert_close(masks[:, 2], 0.25 + 0.75 * r[:, 2])
+    assert masks[0, 0] != masks[1, 0], "drawn independently per example"
+
+
+def test_stochastic_masks_lie_between_g_and_one_with_gradient_one_minus_r() -> None:
+    g = torch.rand(64, 2, 5, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    torch.manual_seed(3)
+    m = stochastic_masks({"a": g})["a"]
+    torch.manual_seed(3)
+    r = torch.rand_like(g)
+    assert bool(((m >= g) & (m <= 1)).all())
+    m.sum().backward()
+    assert g.grad is not None
+    torch.testing.assert_close(g.grad, 1 - r)
+
+
+# ----- the total loss -----
+
+
+def _ci(model: ComponentModel) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    _, pre_acts = model.forward_with_pre_acts(X)
+    ci = {"fc1": torch.tensor([[1.0, 0.5]]), "fc2": torch.tensor([[0.5, 1.0]])}
+    ci_upper = {"fc1": torch.tensor([[1.0, 0.5]]), "fc2": torch.tensor([[0.5, 1.02]])}
+    return pre_acts, ci, ci_upper
+
+
+def test_null_coefficients_skip_their_terms(hand_model: ComponentModel) -> None:
+    config = _config(faithfulness_coeff=2.0, importance_minimality_coeff=3.0)
+    pre_acts, ci, ci_upper = _ci(hand_model)
+    rng_before = torch.get_rng_state()
+    total, terms = total_loss(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    assert set(terms) == {"faithfulness", "importance_minimality"}
+    assert torch.equal(torch.get_rng_state(), rng_before), "no stochastic mask was drawn"
+    # faithfulness 5/8; importance (1 + 0.5) + (0.5 + 1.02) = 3.02 over one example.
+    assert terms["faithfulness"].item() == pytest.approx(0.625)
+    assert terms["importance_minimality"].item() == pytest.approx(3.02, rel=1e-6)
+    assert total.item() == pytest.approx(2 * 0.625 + 3 * 3.02, rel=1e-6)
+
+
+def test_deterministic_terms_use_the_ci_as_mask(hand_model: ComponentModel) -> None:
+    config = _config(
+        recon_coeff=1.0, recon_layerwise_coeff=10.0, out_recon_coeff=100.0, schatten_coeff=0.5
+    )
+    pre_acts, ci, ci_upper = _ci(hand_model)
+    total, terms = total_loss(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    assert set(terms) == {"recon", "recon_layerwise", "out_recon", "schatten"}
+    # Masks = ci = the layerwise hand case above: full 0.125, layerwise 0.375.
+    # out_recon (unmasked): fc1 → [2, 3], fc2 → + b → [2.5, 2.5]; (1 + 4) / 2 = 2.5.
+    # schatten p = 1: fc1 1·5 + ½·10 = 10;  fc2 ½·2 + 1.02·2 = 3.04 → 13.04.
+    expected = {"recon": 0.125, "recon_layerwise": 0.375, "out_recon": 2.5, "schatten": 13.04}
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value, rel=1e-6), name
+    assert total.item() == pytest.approx(0.125 + 3.75 + 250 + 0.5 * 13.04, rel=1e-6)
+    assert all(not t.requires_grad for t in terms.values()), "reported terms are detached"
+    assert total.requires_grad
+
+
+@pytest.mark.parametrize("n_mask_samples", [1, 2])
+def test_stochastic_terms_average_independent_draws(
+    hand_model: ComponentModel, n_mask_samples: int
+) -> None:
+    config = _config(
+        stochastic_recon_coeff=1.0,
+        stochastic_recon_layerwise_coeff=1.0,
+        n_mask_samples=n_mask_samples,
+    )
+    pre_acts, ci, ci_upper = _ci(hand_model)
+    torch.manual_seed(11)
+    _, terms = total_loss(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    # Replay the draws: per sample, the full term's masks, then the layerwise term's own masks
+    # (this pins the draw order of losses.total_loss).
+    torch.manual_seed(11)
+    full, layerwise = [], []
+    for _ in range(n_mask_samples):
+        full.append(recon_loss(hand_model, X, TARGET_OUT, stochastic_masks(ci), "mse").item())
+        layerwise.append(
+            layerwise_recon_loss(hand_model, X, TARGET_OUT, stochastic_masks(ci), "mse").item()
+        )
+    assert terms["stochastic_recon"].item() == pytest.approx(sum(full) / n_mask_samples, rel=1e-6)
+    assert terms["stochastic_recon_layerwise"].item() == pytest.approx(
+        sum(layerwise) / n_mask_samples, rel=1e-6
+    )
+    # Not the layerwise loss of the full term's masks: the draws are independent.
+    torch.manual_seed(11)
+    shared = layerwise_recon_loss(hand_model, X, TARGET_OUT, stochastic_masks(ci), "mse").item()
+    assert terms["stochastic_recon_layerwise"].item() != pytest.approx(shared, rel=1e-6)
+
+
+def test_embedding_recon_in_the_total_uses_the_full_terms_masks(
+    embed_model: ComponentModel,
+) -> None:
+    config = _config(
+        target_module_patterns=["embed"], stochastic_recon_coeff=1.0, embedding_recon_coeff=1.0
+    )
+    _, pre_acts = embed_model.forward_with_pre_acts(EMB_TOKENS)
+    target_out = embed_model(EMB_TOKENS)
+    ci = {"embed": torch.tensor([[[0.5, 0.9], [0.2, 0.0]]])}
+    torch.manual_seed(5)
+    _, terms = total_loss(embed_model, EMB_TOKENS, target_out, pre_acts, ci, ci, config, pnorm=1.0)
+    assert set(terms) == {"stochastic_recon", "embedding_recon"}
+    torch.manual_seed(5)
+    masks = stochastic_masks(ci)
+    expected = embedding_recon_loss(embed_model, pre_acts, masks, unembed=False).item()
+    assert terms["embedding_recon"].item() == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,30 @@
+"""The experiment registry: what a launcher needs for each experiment exists and is consistent."""
+
+import pytest
+
+from spd.config_loading import load_config
+from spd.errors import SPDUserError
+from spd.registry import EXPERIMENT_REGISTRY, get_experiment
+from spd.scripts.run import selected_experiments
+
+
+@pytest.mark.parametrize("name", ["tms_5-2", "tms_5-2-id", "tms_40-10", "tms_40-10-id"])
+def test_registered_tms_experiment_points_at_real_files(name: str) -> None:
+    spec = get_experiment(name)
+    assert spec.task_name == "tms" and spec.expected_runtime > 0
+    assert spec.decomp_script.is_file() and spec.config_path.is_file()
+    assert spec.target_train_script is not None and spec.target_train_script.is_file()
+    assert load_config(spec.config_path).task_config.task_name == spec.task_name
+
+
+def test_unknown_name_lists_the_registered_ones() -> None:
+    with pytest.raises(SPDUserError) as info:
+        get_experiment("tms_9-9")
+    assert all(name in str(info.value) for name in EXPERIMENT_REGISTRY)
+
+
+def test_experiment_selection() -> None:
+    assert selected_experiments(None) == list(EXPERIMENT_REGISTRY)
+    assert selected_experiments(" tms_5-2 ,tms_40-10") == ["tms_5-2", "tms_40-10"]
+    with pytest.raises(SPDUserError, match="empty"):
+        selected_experiments(" , ")

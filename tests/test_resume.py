@@ -1,0 +1,206 @@
+"""Exact resume: a run stopped and continued equals the run that never stopped, bit for bit."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from spd.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
+from spd.configs import Config
+from spd.data.sparse_features import SparseFeatureData
+from spd.data.stream_state import TrackedStream
+from spd.errors import SPDUserError
+from spd.experiments.tms.tms_decomposition import make_data
+from spd.models.component_model import ComponentModel
+from spd.rng_state import capture_rng_state, restore_rng_state
+from spd.run_dir import RunDirectory, read_metrics
+from spd.run_spd import OptimizeResult, build_component_model, optimize
+from spd.target_loading import load_target_model
+from tests.resumable_runs import assert_bitwise_equal, decomposition_tensors, tiny_config
+
+# Exercises everything that depends on the step or on random state: warm-up and cosine
+# schedule over the total steps, p annealing, stochastic masks, gradient accumulation,
+# periodic evaluation and the alive tracker, with checkpoints pruned along the way.
+EXACT = {
+    "steps": 200,
+    "lr_warmup_pct": 0.05,
+    "p_anneal_final_p": 0.5,
+    "p_anneal_start_frac": 0.3,
+    "p_anneal_end_frac": 0.9,
+    "gradient_accumulation_steps": 2,
+    "n_examples_until_dead": 640,
+    "save_freq": 30,
+    "keep_last_checkpoints": 2,
+}
+
+
+def run(
+    config: Config,
+    run_dir: RunDirectory,
+    stop_after: int | None = None,
+    resume_from: Path | None = None,
+) -> OptimizeResult:
+    """`optimize()` on fresh target and data objects, optionally stopping after step `stop_after`."""
+    device = torch.device("cpu")
+    target = load_target_model(config)
+    train, evaluation = make_data(config, target, device)
+    last_step = -1
+
+    def on_step_end(step: int) -> None:
+        nonlocal last_step
+        last_step = step
+
+    return optimize(
+        target,
+        config,
+        device,
+        train,
+        evaluation,
+        run_dir=run_dir,
+        show_progress=False,
+        on_step_end=on_step_end,
+        resume_from=resume_from,
+        should_stop=lambda: stop_after is not None and last_step >= stop_after,
+    )
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> RunDirectory:
+    run_dir = RunDirectory.create(tmp_path_factory.mktemp("straight"), "straight")
+    result = run(tiny_config(**EXACT), run_dir)
+    assert result.stopped_at is None
+    return run_dir
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["clean-stop", "crash-after-checkpoint"])
+def test_stop_and_resume_is_bitwise_identical(
+    straight: RunDirectory, tmp_path: Path, crash: bool
+) -> None:
+    config = tiny_config(**EXACT)
+    run_dir = RunDirectory.create(tmp_path, "resumed")
+    first = run(config, run_dir, stop_after=99)
+    assert first.stopped_at == 100
+    assert latest_checkpoint(run_dir.path) == checkpoint_path(run_dir, 100)
+    if crash:
+        # As if killed after step 99 without the stop checkpoint: the run goes back to the
+        # periodic checkpoint of step 90, and the rows it logged for steps 90-99 are replaced.
+        checkpoint_path(run_dir, 100).unlink()
+        assert max(row["step"] for row in read_metrics(run_dir.path)) == 95
+    resume_from = latest_checkpoint(run_dir.path)
+    assert resume_from == checkpoint_path(run_dir, 90 if crash else 100)
+    second = run(config, run_dir, resume_from=resume_from)
+    assert second.stopped_at is None
+
+    final = checkpoint_path(run_dir, 200)
+    assert_bitwise_equal(
+        decomposition_tensors(final), decomposition_tensors(checkpoint_path(straight, 200))
+    )
+    resumed_params = dict(second.model.named_parameters())
+    for name, param in run(config, RunDirectory.create(tmp_path, "again")).model.named_parameters():
+        assert torch.equal(param, resumed_params[name]), name
+    assert read_metrics(run_dir.path) == read_metrics(straight.path)
+    # The full-state checkpoint still loads as a plain model.
+    loaded = ComponentModel.from_pretrained(run_dir.path).decomposition_state()
+    assert all(
+        torch.equal(v, second.model.decomposition_state()["gates"][k])
+        for k, v in loaded["gates"].items()
+    )
+    # keep_last_checkpoints=2: the newest two remain (the final one among them).
+    kept = sorted(p.name for p in run_dir.checkpoints.glob("model_*.pth"))
+    assert kept == ["model_00000180.pth", "model_00000200.pth"]
+
+
+def test_resume_may_extend_steps(straight: RunDirectory, tmp_path: Path) -> None:
+    run_dir = RunDirectory.create(tmp_path, "extend")
+    run(tiny_config(**EXACT), run_dir, stop_after=49)
+    longer = tiny_config(**{**EXACT, "steps": 260})
+    result = run(longer, run_dir, resume_from=latest_checkpoint(run_dir.path))
+    assert result.stopped_at is None
+    steps = [row["step"] for row in read_metrics(run_dir.path)]
+    assert steps == sorted(steps) and steps[-1] == 260
+    assert checkpoint_path(run_dir, 260).exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"C": 10}, "C"),
+        ({"gate_type": "vector_mlp"}, "gate_type"),
+        ({"gate_hidden_dims": [8]}, "gate_hidden_dims"),
+        ({"sigmoid_type": "hard"}, "sigmoid_type"),
+        ({"tied_weights": None}, "tied_weights"),
+        ({"target_module_patterns": ["linear1"], "tied_weights": None}, "target_module_patterns"),
+        ({"importance_minimality_coeff": 0.5}, "importance_minimality_coeff"),
+        ({"pnorm": 2.0}, "pnorm"),
+        (
+            {"task_config": {"task_name": "tms", "feature_probability": 0.2}},
+            "task_config.feature_probability",
+        ),
+    ],
+)
+def test_resume_refuses_architecture_or_loss_changes(
+    straight: RunDirectory, change: dict[str, object], field: str
+) -> None:
+    config = tiny_config(**{**EXACT, **change})
+    before = read_metrics(straight.path)
+    with pytest.raises(SPDUserError, match=rf"changes {field} \("):
+        run(config, straight, resume_from=latest_checkpoint(straight.path))
+    assert read_metrics(straight.path) == before
+
+
+def test_rng_state_round_trip() -> None:
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    np.random.standard_normal()  # leaves a cached Gaussian in NumPy's state
+    state = capture_rng_state()
+    expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    restore_rng_state(state)
+    assert (
+        random.random(),
+        np.random.standard_normal(3).tolist(),
+        torch.rand(3).tolist(),
+    ) == expected
+
+
+def _draw(stream: TrackedStream, n: int) -> list[Tensor]:
+    return [next(stream) for _ in range(n)]
+
+
+def test_stream_state_stateful_and_replayed() -> None:
+    def sparse() -> TrackedStream:
+        return TrackedStream(SparseFeatureData(5, 0.3, seed=7).batches(4))
+
+    def plain() -> TrackedStream:
+        # An iterator without state_dict: restored by replaying the batches drawn.
+        generator = torch.Generator().manual_seed(7)
+        return TrackedStream(iter(lambda: torch.rand(4, 5, generator=generator), None))
+
+    for make in (sparse, plain):
+        original = make()
+        _draw(original, 3)
+        state = original.state_dict()
+        expected = _draw(original, 2)
+        restored = make()
+        restored.load_state_dict(state)
+        assert all(torch.equal(a, b) for a, b in zip(_draw(restored, 2), expected, strict=True))
+        assert restored.drawn == 5
+
+
+def test_checkpoint_with_nan_parameters_is_not_written(tmp_path: Path) -> None:
+    config = tiny_config()
+    model = build_component_model(load_target_model(config), config)
+    run_dir = RunDirectory.create(tmp_path, "nan")
+    save_checkpoint(run_dir, 1, model, config)
+    with torch.no_grad():
+        next(iter(model.gates.parameters())).view(-1)[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="at step 2; checkpoint not written"):
+        save_checkpoint(run_dir, 2, model, config)
+    assert latest_checkpoint(run_dir.path) == checkpoint_path(run_dir, 1)
+    assert not list(run_dir.checkpoints.glob(".*.tmp"))
