@@ -80,8 +80,13 @@ def setup(device: torch.device) -> None:
 
 
 def teardown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one.
+
+    All ranks leave together: rank 0 still writes the summary and report after training, and a
+    rank that destroyed its group and exited meanwhile could abort the others' gloo threads.
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
