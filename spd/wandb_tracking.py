@@ -15,6 +15,7 @@ nothing here prints or writes it, and error messages are scrubbed of it.
 
 import io
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,8 +160,14 @@ def start_wandb_run(config: Config, run_dir: RunDirectory, base_name: str) -> Wa
     directory = None if os.environ.get(DIR_ENV) else str(run_dir.path)
     import wandb
 
+    # The run directory remembers its W&B run, so a resumed run continues the same W&B run.
+    id_file = run_dir.path / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id + "\n")
     try:
         run = wandb.init(
+            id=run_id,
+            resume="allow",
             project=config.wandb_project,
             entity=config.wandb_entity,
             name=wandb_run_name(config, base_name),
@@ -178,6 +185,9 @@ def start_wandb_run(config: Config, run_dir: RunDirectory, base_name: str) -> Wa
             f"{first_line}); set {MODE_ENV}=offline to track offline and sync later"
         ) from None
     return WandbSink(run)
+
+
+RUN_ID_FILE = "wandb_run_id"
 
 
 @contextmanager

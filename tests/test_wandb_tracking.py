@@ -6,6 +6,7 @@ fake WANDB_API_KEY; wandb itself (its real offline mode) writes the W&B run dire
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import wandb
+import yaml
 
 # A generated protobuf module without type stubs.
 from wandb.proto.wandb_internal_pb2 import Record  # pyright: ignore[reportAttributeAccessIssue]
@@ -296,3 +298,47 @@ def test_run_name_fixed_or_generated_with_prefix() -> None:
     )
     fixed = tiny_tms_config(wandb_run_name="my-run", wandb_run_name_prefix="ignored-")
     assert wandb_tracking.wandb_run_name(fixed, "tms") == "my-run"
+
+
+def test_resumed_run_continues_the_same_wandb_run(offline_run: OfflineRun, tmp_path: Path) -> None:
+    # A copy, so the module's other tests keep seeing exactly one offline run.
+    run_dir = tmp_path / offline_run.run_dir.name
+    shutil.copytree(offline_run.run_dir, run_dir)
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    assert offline_run.wandb_run_dir.name.endswith(f"-{run_id}")
+    home = offline_run.wandb_home
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_API_KEY": FAKE_KEY,
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_DATA_DIR": str(home / "data"),
+    }
+    env.pop("WANDB_DIR", None)
+    env.pop("SPD_OUT_DIR", None)
+    script = get_experiment("tms_5-2").decomp_script
+    steps = yaml.safe_load((run_dir / "final_config.yaml").read_text())["steps"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--resume",
+            str(run_dir),
+            "--override",
+            f"steps={steps + 4}",
+            "--no-progress",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    offline_dirs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_dirs) == 2  # the first session's and the resumed one's
+    assert all(d.name.endswith(f"-{run_id}") for d in offline_dirs)
