@@ -80,22 +80,28 @@ def _history_row(history: Any) -> dict[str, Any]:
     return row
 
 
-@pytest.fixture(scope="module")
-def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun]:
-    root = tmp_path_factory.mktemp("offline")
-    home = root / "wandb_home"
+def offline_env(home: Path) -> dict[str, str]:
+    """A subprocess environment for offline W&B with a fake key and W&B's own files under `home`."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
-        "SPD_OUT_DIR": str(root / "out"),
         "WANDB_MODE": "offline",
         "WANDB_API_KEY": FAKE_KEY,
         "WANDB_CACHE_DIR": str(home / "cache"),
         "WANDB_CONFIG_DIR": str(home / "config"),
         "WANDB_DATA_DIR": str(home / "data"),
     }
-    env.pop("WANDB_DIR", None)
+    for inherited in ("WANDB_DIR", "SPD_OUT_DIR"):
+        env.pop(inherited, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun]:
+    root = tmp_path_factory.mktemp("offline")
+    home = root / "wandb_home"
+    env = {**offline_env(home), "SPD_OUT_DIR": str(root / "out")}
     spec = get_experiment("tms_5-2")
     overrides = [
         "--override", "wandb_project=spd-tests",
@@ -306,19 +312,7 @@ def test_resumed_run_continues_the_same_wandb_run(offline_run: OfflineRun, tmp_p
     shutil.copytree(offline_run.run_dir, run_dir)
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     assert offline_run.wandb_run_dir.name.endswith(f"-{run_id}")
-    home = offline_run.wandb_home
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "offline",
-        "WANDB_API_KEY": FAKE_KEY,
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_DATA_DIR": str(home / "data"),
-    }
-    env.pop("WANDB_DIR", None)
-    env.pop("SPD_OUT_DIR", None)
+    env = offline_env(offline_run.wandb_home)
     script = get_experiment("tms_5-2").decomp_script
     steps = yaml.safe_load((run_dir / "final_config.yaml").read_text())["steps"]
     result = subprocess.run(
