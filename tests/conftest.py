@@ -4,12 +4,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from spd.config_loading import load_config
 from spd.configs import Config
 from spd.experiments.tms.models import TMSModel
 from tests.fixture_types import ConfigFactory, TargetFactory
 from tests.paths import TMS_5_2_CONFIG, TMS_TARGETS
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device of the device-generic tests (those taking the `device` fixture): "
+        "cpu (default) or cuda, on a machine with a GPU",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device chosen with `pytest --device` (CPU unless asked)."""
+    name = str(request.config.getoption("--device"))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
 
 # Settings that make a TMS decomposition take a second instead of minutes.
 QUICK_OVERRIDES: dict[str, Any] = {

@@ -19,16 +19,19 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def trained_run(
-    quick_tms_config: ConfigFactory, tms_target: TargetFactory, tmp_path: Path
+    quick_tms_config: ConfigFactory, tms_target: TargetFactory, tmp_path: Path, device: torch.device
 ) -> tuple[RunDirectory, ComponentModel]:
-    """A 20-step tms_5-2-id decomposition with checkpoints at steps 10 and 20."""
+    """A 20-step tms_5-2-id decomposition with checkpoints at steps 10 and 20, trained on the
+    test device and returned on the CPU (where checkpoints load)."""
     config = quick_tms_config(TMS_5_2_ID_CONFIG, save_freq=10)
     target = tms_target("tms_5-2-id")
     run_dir = RunDirectory.create(tmp_path, "ckpt")
     run_dir.write_config(config)
-    train, evaluation = tms_decomposition.make_data(config, target, CPU)
-    result = optimize(target, config, CPU, train, evaluation, run_dir=run_dir, show_progress=False)
-    return run_dir, result.model
+    train, evaluation = tms_decomposition.make_data(config, target, device)
+    result = optimize(
+        target, config, device, train, evaluation, run_dir=run_dir, show_progress=False
+    )
+    return run_dir, result.model.to(CPU)
 
 
 def _outputs(model: ComponentModel, x: torch.Tensor) -> list[torch.Tensor]:

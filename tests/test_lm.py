@@ -32,6 +32,7 @@ from spd.experiments.lm.make_offline_example import EOS, TEXT_COLUMN, ExampleSpe
 from spd.experiments.lm.sources import EXAMPLE_DIRNAME, resolve_sources
 from spd.experiments.run_decomposition import run_decomposition
 from spd.hf_hub import HubResource, require_hub_resources
+from spd.launch.plan import LaunchSettings, plan_runs
 from spd.models.component_model import ComponentModel
 from spd.models.components import MLPGates
 from spd.registry import EXPERIMENT_REGISTRY
@@ -250,21 +251,28 @@ def _lm_config(model_dir: Path, model_class: str, pattern: str, task: LMTaskConf
     ],
 )
 def test_decomposition_trains_with_kl_loss(
-    example: TinyExample, tmp_path: Path, model_class: str, pattern: str, kind: str
+    example: TinyExample,
+    tmp_path: Path,
+    model_class: str,
+    pattern: str,
+    kind: str,
+    device: torch.device,
 ) -> None:
     model_dir = example.dir / "model" if kind != "Conv1D" else _tiny_gpt2_dir(example, tmp_path)
     task = _task(example)
     config = _lm_config(model_dir, model_class, pattern, task)
     target = load_target_model(config)  # from_pretrained on the local directory
     assert type(target.get_submodule(pattern)).__name__ == kind
-    train, evals = lm_decomposition.make_data(config, target, torch.device("cpu"))
+    train, evals = lm_decomposition.make_data(config, target, device)
     probe = next(lm_batches(task, example.tokenizer, "test", 2, seed=5, cache_dir=tmp_path))
     with torch.no_grad():
         target_logits = target(probe).logits
 
     def unmasked_kl(model: ComponentModel) -> float:
         with torch.no_grad():
-            logits = model.forward_with_components(probe, dict.fromkeys(model.module_names))
+            on = next(model.parameters()).device
+            logits = model.forward_with_components(probe.to(on), dict.fromkeys(model.module_names))
+            logits = logits.cpu()
             log_p, log_q = target_logits.log_softmax(-1), logits.log_softmax(-1)
             return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
 
@@ -272,9 +280,7 @@ def test_decomposition_trains_with_kl_loss(
     initial = build_component_model(copy.deepcopy(target), config)
     initial.init_components_from_target(config.seed)
     recorder = Recorder()
-    result = optimize(
-        target, config, torch.device("cpu"), train, evals, sinks=[recorder], show_progress=False
-    )
+    result = optimize(target, config, device, train, evals, sinks=[recorder], show_progress=False)
     losses = [m["train/loss/total"] for _, m in recorder.rows if "train/loss/total" in m]
     assert len(losses) == config.steps + 1
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -405,6 +411,24 @@ def test_example_not_built_names_the_build_command(
     with pytest.raises(SPDUserError, match=r"make_offline_example\.py") as err:
         resolve_sources(config)
     assert str(tmp_path / EXAMPLE_DIRNAME) in str(err.value)
+
+
+def test_launcher_finds_the_example_in_the_output_root(
+    example: TinyExample, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # spd-run moves each run's output root to a launch directory; the example stays where it was
+    # built, so the launcher pins its paths first, and refuses up front when it is not built.
+    monkeypatch.setenv("SPD_OUT_DIR", str(example.root))
+    (run,) = plan_runs(["lm_example_emb"], {}, None, LaunchSettings(launch_id="L"))
+    assert run.config.out_dir == str(example.root.resolve() / "L")
+    assert run.config.pretrained_model_name_hf == str((example.dir / "model").resolve())
+    task = run.config.task_config
+    assert isinstance(task, LMTaskConfig)
+    assert task.dataset_name == str((example.dir / "data").resolve())
+    assert task.tokenizer_name == str((example.dir / "model").resolve())
+    monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path))
+    with pytest.raises(SPDUserError, match=r"not been built yet .*make_offline_example\.py"):
+        plan_runs(["lm_example_emb"], {}, None, LaunchSettings(launch_id="L"))
 
 
 def test_registered_example_runs_from_the_output_root(

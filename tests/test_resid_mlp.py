@@ -249,9 +249,12 @@ def test_dense_pattern_over_layers() -> None:
 # ----- the decomposition script -----
 
 
-def test_a_few_hundred_decomposition_steps_lower_the_loss(tmp_path: Path) -> None:
+def test_a_few_hundred_decomposition_steps_lower_the_loss(
+    tmp_path: Path, device: torch.device
+) -> None:
     config = RESID_MLP / "resid_mlp1_config.yaml"
     overrides = [
+        f"device={device}",
         "steps=300",
         "batch_size=128",
         "train_log_freq=50",

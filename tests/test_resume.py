@@ -12,6 +12,7 @@ from spd.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
 from spd.configs import Config
 from spd.data.sparse_features import SparseFeatureData
 from spd.data.stream_state import TrackedStream
+from spd.device import resolve_device
 from spd.errors import SPDUserError
 from spd.experiments.tms.tms_decomposition import make_data
 from spd.models.component_model import ComponentModel
@@ -44,7 +45,7 @@ def run(
     resume_from: Path | None = None,
 ) -> OptimizeResult:
     """`optimize()` on fresh target and data objects, optionally stopping after step `stop_after`."""
-    device = torch.device("cpu")
+    device = resolve_device(config.device)
     target = load_target_model(config)
     train, evaluation = make_data(config, target, device)
     last_step = -1
@@ -67,19 +68,24 @@ def run(
     )
 
 
+def exact(device: torch.device, **changes: object) -> Config:
+    """The tiny config with the EXACT settings on the test device, and `changes` on top."""
+    return tiny_config(**{**EXACT, "device": str(device), **changes})
+
+
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> RunDirectory:
+def straight(tmp_path_factory: pytest.TempPathFactory, device: torch.device) -> RunDirectory:
     run_dir = RunDirectory.create(tmp_path_factory.mktemp("straight"), "straight")
-    result = run(tiny_config(**EXACT), run_dir)
+    result = run(exact(device), run_dir)
     assert result.stopped_at is None
     return run_dir
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["clean-stop", "crash-after-checkpoint"])
 def test_stop_and_resume_is_bitwise_identical(
-    straight: RunDirectory, tmp_path: Path, crash: bool
+    straight: RunDirectory, tmp_path: Path, crash: bool, device: torch.device
 ) -> None:
-    config = tiny_config(**EXACT)
+    config = exact(device)
     run_dir = RunDirectory.create(tmp_path, "resumed")
     first = run(config, run_dir, stop_after=99)
     assert first.stopped_at == 100
@@ -113,10 +119,10 @@ def test_stop_and_resume_is_bitwise_identical(
     assert kept == ["model_00000180.pth", "model_00000200.pth"]
 
 
-def test_resume_may_extend_steps(straight: RunDirectory, tmp_path: Path) -> None:
+def test_resume_may_extend_steps(tmp_path: Path, device: torch.device) -> None:
     run_dir = RunDirectory.create(tmp_path, "extend")
-    run(tiny_config(**EXACT), run_dir, stop_after=49)
-    longer = tiny_config(**{**EXACT, "steps": 260})
+    run(exact(device), run_dir, stop_after=49)
+    longer = exact(device, steps=260)
     result = run(longer, run_dir, resume_from=latest_checkpoint(run_dir.path))
     assert result.stopped_at is None
     steps = [row["step"] for row in read_metrics(run_dir.path)]
@@ -142,9 +148,9 @@ def test_resume_may_extend_steps(straight: RunDirectory, tmp_path: Path) -> None
     ],
 )
 def test_resume_refuses_architecture_or_loss_changes(
-    straight: RunDirectory, change: dict[str, object], field: str
+    straight: RunDirectory, change: dict[str, object], field: str, device: torch.device
 ) -> None:
-    config = tiny_config(**{**EXACT, **change})
+    config = exact(device, **change)
     before = read_metrics(straight.path)
     with pytest.raises(SPDUserError, match=rf"changes {field} \("):
         run(config, straight, resume_from=latest_checkpoint(straight.path))

@@ -43,14 +43,15 @@ def _tms_streams(config: Config, target: TMSModel) -> tuple[Iterator[Tensor], It
 
 
 def test_short_tms_decomposition_lowers_the_loss(
-    quick_tms_config: ConfigFactory, tms_target: TargetFactory
+    quick_tms_config: ConfigFactory, tms_target: TargetFactory, device: torch.device
 ) -> None:
     config = quick_tms_config(
         steps=250, batch_size=128, train_log_freq=10, eval_freq=250, slow_eval_freq=250
     )
     target = tms_target()
     sink = RecordingSink()
-    optimize(target, config, CPU, *_tms_streams(config, target), sinks=[sink], show_progress=False)
+    streams = tms_decomposition.make_data(config, target, device)
+    optimize(target, config, device, *streams, sinks=[sink], show_progress=False)
     loss = sink.series("train/loss/total")
     faithfulness = sink.series("train/loss/faithfulness")
     late = [loss[s] for s in (230, 240, 250)]

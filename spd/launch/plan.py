@@ -14,6 +14,7 @@ from typing import Any
 from spd.config_loading import load_config
 from spd.configs import Config
 from spd.errors import SPDUserError
+from spd.experiments.lm.sources import local_source_overrides
 from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
 from spd.registry import get_experiment
 from spd.run_dir import output_root
@@ -106,6 +107,7 @@ def plan_runs(
             if settings.cpu:
                 _check_cpu(name, overrides)
             launcher = {
+                **local_source_overrides(base),
                 "run_name": name,
                 "out_dir": str(output_root(base.out_dir).resolve() / settings.launch_id),
                 **({"device": "cpu"} if settings.cpu else {}),

@@ -45,6 +45,31 @@ def _example_missing(name: str, out_dir: str | None) -> SPDUserError:
     )
 
 
+def local_source_overrides(config: Config) -> dict[str, str]:
+    """Dotted-key overrides that pin the model, tokenizer and dataset names found locally to
+    absolute paths, and fail early when the offline example is named but not built.
+
+    The launcher applies them before it moves a run's output root to its launch directory, so
+    that names relative to the user's output root still find what is there.
+    """
+    task = config.task_config
+    if not isinstance(task, LMTaskConfig) or config.pretrained_model_name_hf is None:
+        return {}
+    named = {
+        "pretrained_model_name_hf": config.pretrained_model_name_hf,
+        "task_config.tokenizer_name": task.tokenizer_name,
+        "task_config.dataset_name": task.dataset_name,
+    }
+    overrides: dict[str, str] = {}
+    for key, name in named.items():
+        path = find_local(name, config.out_dir)
+        if path is not None:
+            overrides[key] = str(path)
+        elif Path(name).parts[0] == EXAMPLE_DIRNAME:
+            raise _example_missing(name, config.out_dir)
+    return overrides
+
+
 def resolve_sources(config: Config) -> Config:
     """`config` with local model/tokenizer/dataset names made absolute; hub ids checked.
 
