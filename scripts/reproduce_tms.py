@@ -60,6 +60,8 @@ def collect(out_root: Path) -> list[tuple[str, int, Path]]:
     runs = []
     for summary in sorted(out_root.glob("*/summary.json")):
         config = yaml.safe_load((summary.parent / "final_config.yaml").read_text())
+        if config["task_config"]["task_name"] != "tms":
+            continue
         experiment = Path(config["pretrained_model_path"]).name
         runs.append((experiment, int(config["seed"]), summary.parent))
     return runs

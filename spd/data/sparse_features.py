@@ -1,5 +1,6 @@
 """Sparse-feature inputs for the toy models (TMS and residual MLP)."""
 
+import hashlib
 from typing import Any, Literal
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor
 from spd.data.stream_state import SampledBatches
 
 DataGenerationType = Literal["at_least_zero_active", "exactly_one_active"]
+_told_device_change = False  # the notice below is printed once per process, not per stream
 
 
 class SparseFeatureData:
@@ -56,7 +58,31 @@ class SparseFeatureData:
 
     def state_dict(self) -> dict[str, Any]:
         """The private generator's state: everything later draws depend on."""
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "device_type": self.device.type}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        """Continue the saved stream; across device types, continue a fresh one (with a notice).
+
+        CPU and CUDA generators have different state formats, so a run saved on a GPU and
+        continued on a CPU (or the reverse) cannot replay the saved stream. It continues with a
+        generator seeded from the saved state instead: still reproducible, not bit-identical to
+        the uninterrupted run.
+        """
+        saved: Tensor = state["generator"]
+        # Checkpoints written before the device type was recorded: the state's size tells.
+        same_size = saved.numel() == self.generator.get_state().numel()
+        saved_type = state.get("device_type", self.device.type if same_size else "another device")
+        if saved_type == self.device.type:
+            self.generator.set_state(saved)
+            return
+        seed = int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:7], "little")
+        self.generator.manual_seed(seed)
+        global _told_device_change
+        if not _told_device_change:
+            print(
+                f"spd: the data streams were saved on {saved_type} and continue on "
+                f"{self.device.type} from new seeds; the rest of the run is reproducible but not "
+                "bit-identical to a run that never stopped",
+                flush=True,
+            )
+            _told_device_change = True
