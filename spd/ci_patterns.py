@@ -74,6 +74,23 @@ def n_dense(ci: Float[Tensor, "n_features C"], on: float = 0.5, min_fraction: fl
     return int(((ci > on).float().mean(0) >= min_fraction).sum())
 
 
+def n_live(ci: Float[Tensor, "n_features C"], off: float = 0.1) -> int:
+    """Subcomponents with CI above `off` for at least one feature."""
+    return int((ci > off).any(0).sum())
+
+
+def n_axis_aligned(
+    read_vectors: Float[Tensor, "d_in C"], columns: Tensor, min_cos: float = 0.99
+) -> int:
+    """How many of the chosen columns point along one input axis (|cos| ≥ `min_cos` with a
+    basis vector), each axis counted once: for an MLP's output matrix, the subcomponents that
+    read exactly one neuron."""
+    chosen = read_vectors[:, columns]
+    cos = chosen.abs() / chosen.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    best, axis = cos.max(0)
+    return int(axis[best >= min_cos].unique().numel())
+
+
 def identity_errors(ci: Float[Tensor, "n_features C"], order: list[int], tolerance: float) -> int:
     """Entries off the identity pattern by more than `tolerance`, columns taken in `order`.
 

@@ -15,7 +15,9 @@ from spd.ci_patterns import (
     dense_errors,
     group_by_patterns,
     identity_errors,
+    n_axis_aligned,
     n_dense,
+    n_live,
     n_with_one_dedicated,
     n_with_sole_dedicated,
 )
@@ -230,6 +232,20 @@ def test_layers_of_one_pattern_are_scored_together() -> None:
     )
     with pytest.raises(SPDUserError, match=r"layers\.\*\.mlp_typo"):
         group_by_patterns(ci, ["layers.*.mlp_typo"])
+
+
+def test_live_and_neuron_aligned_subcomponents() -> None:
+    ci = torch.zeros(4, 6)
+    ci[0, 1] = 0.9
+    ci[2, 3] = 0.2
+    ci[3, 5] = 0.05  # below the "off" threshold: not live
+    assert n_live(ci, off=0.1) == 2
+    # Read vectors (d_in 3 neurons × C 4): column 0 reads neuron 2 alone, column 1 a mixture,
+    # column 2 neuron 2 again (counted once), column 3 neuron 0 with a tiny leak.
+    read = torch.tensor([[0.0, 1.0, 0.0, -2.0], [0.0, 1.0, 0.0, 0.01], [3.0, 0.0, -0.5, 0.0]])
+    assert n_axis_aligned(read, torch.tensor([True, True, True, True])) == 2
+    assert n_axis_aligned(read, torch.tensor([False, True, False, True])) == 1
+    assert n_axis_aligned(read, torch.tensor([False, True, False, False])) == 0
 
 
 def test_dense_pattern_over_layers() -> None:

@@ -7,11 +7,13 @@ At the end the CI pattern on one-hot inputs (value 0.75) is scored, printed, log
 metrics.jsonl (as `final/…`) and written to summary.json, followed by a one-line verdict: how
 many features have exactly one dedicated mlp_in subcomponent (CI > 0.5 on that feature's one-hot
 input and ≤ 0.1 on every other feature's; the mlp_in layers of all blocks counted together),
-and how many mlp_out subcomponents (all blocks together) are causally important for nearly
-every feature. The spec expects one dedicated subcomponent per feature and d_mlp (total) dense
-mlp_out subcomponents.
+how many mlp_out subcomponents (all blocks together) are causally important for nearly
+every feature, and how many are important for any feature at all, with how many of those read
+exactly one neuron. The spec expects one dedicated subcomponent per feature and d_mlp (total)
+dense mlp_out subcomponents.
 """
 
+import fnmatch
 import json
 from collections.abc import Iterator
 
@@ -23,7 +25,9 @@ from spd.ci_patterns import (
     dense_errors,
     group_by_patterns,
     identity_errors,
+    n_axis_aligned,
     n_dense,
+    n_live,
     n_with_one_dedicated,
     n_with_sole_dedicated,
 )
@@ -93,11 +97,18 @@ def ci_pattern_scores(model: ComponentModel, config: Config) -> dict[str, float]
         ci, _ = model.causal_importances(pre_acts, config.sigmoid_type)
     groups = group_by_patterns(ci, [MLP_IN, MLP_OUT])
     mlp_in, mlp_out = groups[MLP_IN], groups[MLP_OUT]
+    neuron_aligned = sum(
+        n_axis_aligned(comps.V, (ci[name] > CI_OFF).any(0))
+        for name, comps in model.components.items()
+        if fnmatch.fnmatchcase(name, MLP_OUT)
+    )
     return {
         "n_features": float(n_features),
         "dedicated_mlp_in": float(n_with_one_dedicated(mlp_in, CI_ON, CI_OFF)),
         "dedicated_mlp_in_sole": float(n_with_sole_dedicated(mlp_in, CI_ON, CI_OFF)),
         "dense_mlp_out": float(n_dense(mlp_out, CI_ON, DENSE_MIN_FRACTION)),
+        "live_mlp_out": float(n_live(mlp_out, CI_OFF)),
+        "neuron_aligned_mlp_out": float(neuron_aligned),
         "total_d_mlp": float(total_d_mlp),
         "identity_ci_error/mlp_in": float(
             identity_errors(mlp_in, diagonal_permutation(mlp_in), CI_OFF)
@@ -110,11 +121,14 @@ def verdict(scores: dict[str, float]) -> str:
     """The one-line result of a run."""
     n, dedicated = int(scores["n_features"]), int(scores["dedicated_mlp_in"])
     dense, d_mlp = int(scores["dense_mlp_out"]), int(scores["total_d_mlp"])
+    live, aligned = int(scores["live_mlp_out"]), int(scores["neuron_aligned_mlp_out"])
     return (
         f"{dedicated} of {n} features have exactly one dedicated mlp_in subcomponent "
         f"(CI > {CI_ON} on its one-hot input, ≤ {CI_OFF} on every other); "
         f"{dense} mlp_out subcomponents are causally important (CI > {CI_ON}) for "
-        f"≥ {DENSE_MIN_FRACTION:.0%} of features (expected: {d_mlp})"
+        f"≥ {DENSE_MIN_FRACTION:.0%} of features (expected: {d_mlp}); "
+        f"{live} mlp_out subcomponents are important for some feature, "
+        f"{aligned} of them reading a single neuron"
     )
 
 
