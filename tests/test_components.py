@@ -284,15 +284,22 @@ def _scalar_mlp_reference(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Ten
     return (w2 * F.gelu(x[..., None] * w1 + b1)).sum(-1) + b2
 
 
-def _scalar_mlp_inputs(dtype: torch.dtype) -> list[Tensor]:
+def _scalar_mlp_inputs(dtype: torch.dtype, zero_rows: bool) -> list[Tensor]:
+    """x (2, 5, C) and the weights; with `zero_rows`, 8 of x's 10 rows are zero, so the fused
+    function takes its shared-zero-row path (and gradients reach those rows through it)."""
     generator = torch.Generator().manual_seed(4)
     C, H = 3, 4
     shapes = [(2, 5, C), (C, H), (C, H), (C, H), (C,)]
-    return [torch.randn(s, generator=generator, dtype=dtype).requires_grad_(True) for s in shapes]
+    tensors = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    if zero_rows:
+        tensors[0][0, 1:] = 0
+        tensors[0][1, :4] = 0
+    return [t.requires_grad_(True) for t in tensors]
 
 
-def test_fused_scalar_mlp_matches_autograd_values_and_gradients() -> None:
-    fused_in = _scalar_mlp_inputs(torch.float32)
+@pytest.mark.parametrize("zero_rows", [False, True], ids=["dense", "mostly-zero-rows"])
+def test_fused_scalar_mlp_matches_autograd_values_and_gradients(zero_rows: bool) -> None:
+    fused_in = _scalar_mlp_inputs(torch.float32, zero_rows)
     ref_in = [t.detach().clone().requires_grad_(True) for t in fused_in]
     fused, ref = scalar_mlp(*fused_in), _scalar_mlp_reference(*ref_in)
     assert torch.allclose(fused, ref, atol=1e-5)
@@ -302,7 +309,11 @@ def test_fused_scalar_mlp_matches_autograd_values_and_gradients() -> None:
     for a, b in zip(fused_in, ref_in, strict=True):
         assert a.grad is not None and b.grad is not None
         assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    if zero_rows:  # the gradient through the shared zero rows is not zero
+        assert fused_in[0].grad is not None and fused_in[0].grad[1, 0].abs().sum() > 0
 
 
-def test_fused_scalar_mlp_gradcheck_float64() -> None:
-    assert torch.autograd.gradcheck(scalar_mlp, tuple(_scalar_mlp_inputs(torch.float64)))
+@pytest.mark.parametrize("zero_rows", [False, True], ids=["dense", "mostly-zero-rows"])
+def test_fused_scalar_mlp_gradcheck_float64(zero_rows: bool) -> None:
+    inputs = tuple(_scalar_mlp_inputs(torch.float64, zero_rows))
+    assert torch.autograd.gradcheck(scalar_mlp, inputs)

@@ -3,13 +3,18 @@
 The CI functions' cost is dominated by (batch × C × hidden) elementwise work. Plain autograd
 materialises about twenty such tensors per step; this function keeps the layout (C, batch, hidden)
 so the two contractions run as batched matmuls, saves nothing of that size, and recomputes the
-pre-activation in the backward pass: about a third of the memory traffic.
+pre-activation in the backward pass: about a third of the memory traffic. On the CPU it also
+evaluates the all-zero rows of a sparse batch only once (see `scalar_mlp`).
 """
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+# Skip the all-zero rows only when they are a sizeable share of the batch; otherwise the
+# gather/scatter costs more than it saves.
+ZERO_ROW_SKIP_MAX_LIVE = 0.75
 
 
 class _ScalarMLP(torch.autograd.Function):
@@ -42,6 +47,14 @@ class _ScalarMLP(torch.autograd.Function):
         return g_x, g_w1, g_h.sum(1), g_w2, g_out.sum(1)
 
 
+def _apply(
+    rows: Float[Tensor, "N C"], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
+) -> Float[Tensor, "N C"]:
+    out = _ScalarMLP.apply(rows.T.contiguous(), w1, b1, w2, b2)
+    assert isinstance(out, Tensor)
+    return out.T
+
+
 def scalar_mlp(
     x: Float[Tensor, "... C"],
     w1: Float[Tensor, "C H"],
@@ -49,9 +62,24 @@ def scalar_mlp(
     w2: Float[Tensor, "C H"],
     b2: Float[Tensor, " C"],
 ) -> Float[Tensor, "... C"]:
-    """out[..., c] = Σ_k w2[c, k] · gelu(x[..., c] · w1[c, k] + b1[c, k]) + b2[c]."""
-    lead = x.shape[:-1]
-    x_cn = x.reshape(-1, x.shape[-1]).T.contiguous()
-    out = _ScalarMLP.apply(x_cn, w1, b1, w2, b2)
-    assert isinstance(out, Tensor)
-    return out.T.reshape(*lead, x.shape[-1])
+    """out[..., c] = Σ_k w2[c, k] · gelu(x[..., c] · w1[c, k] + b1[c, k]) + b2[c].
+
+    On the CPU, rows whose C inputs are all exactly zero (all-zero inputs to the layer: most of
+    a sparse toy batch) are not evaluated one by one. Each such row's output is
+    out(0) + x · out'(0), with out(0) evaluated once and the slope out'(0) held constant: the
+    same values, and the same gradients, since x = 0 there (the slope's own gradient is
+    multiplied by x). On CUDA the per-row work is not the bottleneck and finding the rows would
+    cost a synchronisation, so every row is evaluated.
+    """
+    lead, C = x.shape[:-1], x.shape[-1]
+    flat = x.reshape(-1, C)
+    if flat.device.type == "cpu":
+        live = flat.ne(0).any(-1).nonzero().squeeze(-1)
+        if live.numel() <= ZERO_ROW_SKIP_MAX_LIVE * flat.shape[0]:
+            at_zero = _apply(flat.new_zeros(1, C), w1, b1, w2, b2)  # (1, C)
+            with torch.no_grad():
+                slope = (w2 * w1 * torch.ops.aten.gelu_backward(torch.ones_like(b1), b1)).sum(-1)
+            shared = at_zero + flat * slope
+            out = shared.index_copy(0, live, _apply(flat.index_select(0, live), w1, b1, w2, b2))
+            return out.reshape(*lead, C)
+    return _apply(flat, w1, b1, w2, b2).reshape(*lead, C)
