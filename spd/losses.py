@@ -16,6 +16,34 @@ from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
 
 IMPORTANCE_EPS = 1e-12
+# Leave inert rows out only when they are a sizeable share of the batch; otherwise the gathers
+# cost more than they save.
+LIVE_ROW_SHARE_MAX = 0.75
+
+
+def live_rows(model: ComponentModel, pre_acts: Mapping[str, Tensor]) -> Tensor | None:
+    """Indices of the batch rows that can make a masked output differ from the target's, or None
+    (keep every row).
+
+    For a target that declares `independent_rows = True` (it processes each batch row on its
+    own, like the toy models), a row whose input to every decomposed layer is exactly zero gives
+    the target's output under any masks: components fed zero output the layer's bias, as the
+    original layer does, so each later layer sees its target-pass input. Such rows add exactly
+    zero to every reconstruction loss and to its gradient, so those passes can skip them; most
+    rows of a sparse toy batch are such rows. CPU only: on CUDA the work per row is not the
+    bottleneck and finding the rows would cost a synchronisation.
+    """
+    acts = list(pre_acts.values())
+    if not getattr(model.target, "independent_rows", False) or acts[0].device.type != "cpu":
+        return None
+    n = acts[0].shape[0]
+    if any(a.dim() != 2 or a.shape[0] != n or not a.is_floating_point() for a in acts):
+        return None
+    rows = torch.stack([a.ne(0).any(-1) for a in acts]).any(0).nonzero().squeeze(-1)
+    if rows.numel() > LIVE_ROW_SHARE_MAX * n:
+        return None
+    # With no live row at all, one inert row keeps the passes well defined (its loss is 0).
+    return rows if rows.numel() > 0 else rows.new_zeros(1)
 
 
 def output_divergence(pred: Tensor, target: Tensor, loss_type: OutputLossType) -> Tensor:
@@ -126,16 +154,28 @@ def total_loss(
     config: Config,
     pnorm: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Σ coeff_i · loss_i over the configured terms; also returns each term (detached)."""
+    """Σ coeff_i · loss_i over the configured terms; also returns each term (detached).
+
+    The reconstruction terms run on the rows that can change them (`live_rows`) and are scaled
+    by their share of the batch: the same means over the whole batch, for less work.
+    """
     coeffs = config.loss_coeffs
     loss_type = config.output_loss_type
+    rows = live_rows(model, pre_acts)
+    share = 1.0
+    if rows is not None:
+        share = rows.numel() / batch.shape[0]
+        batch, target_out = batch.index_select(0, rows), target_out.index_select(0, rows)
+        ci = {name: g.index_select(0, rows) for name, g in ci.items()}
     terms: dict[str, Tensor] = {}
     if "faithfulness" in coeffs:
         terms["faithfulness"] = faithfulness_loss(model)
     if "recon" in coeffs:
-        terms["recon"] = recon_loss(model, batch, target_out, ci, loss_type)
+        terms["recon"] = share * recon_loss(model, batch, target_out, ci, loss_type)
     if "recon_layerwise" in coeffs:
-        terms["recon_layerwise"] = layerwise_recon_loss(model, batch, target_out, ci, loss_type)
+        terms["recon_layerwise"] = share * layerwise_recon_loss(
+            model, batch, target_out, ci, loss_type
+        )
     needs_stochastic = {"stochastic_recon", "embedding_recon"} & coeffs.keys()
     if needs_stochastic or "stochastic_recon_layerwise" in coeffs:
         full, layerwise, embedding = [], [], []
@@ -153,19 +193,19 @@ def total_loss(
                 layerwise.append(
                     layerwise_recon_loss(model, batch, target_out, stochastic_masks(ci), loss_type)
                 )
-        for name, samples in (
-            ("stochastic_recon", full),
-            ("stochastic_recon_layerwise", layerwise),
-            ("embedding_recon", embedding),
+        for name, samples, scale in (
+            ("stochastic_recon", full, share),
+            ("stochastic_recon_layerwise", layerwise, share),
+            ("embedding_recon", embedding, 1.0),  # never row-filtered: tokens are not vectors
         ):
             if samples:
-                terms[name] = torch.stack(samples).mean()
+                terms[name] = scale * torch.stack(samples).mean()
     if "importance_minimality" in coeffs:
         terms["importance_minimality"] = importance_minimality_loss(ci_upper, pnorm)
     if "schatten" in coeffs:
         terms["schatten"] = schatten_loss(model, ci_upper, pnorm)
     if "out_recon" in coeffs:
         unmasked: dict[str, Tensor | None] = dict.fromkeys(model.module_names)
-        terms["out_recon"] = recon_loss(model, batch, target_out, unmasked, loss_type)
+        terms["out_recon"] = share * recon_loss(model, batch, target_out, unmasked, loss_type)
     total = torch.stack([coeffs[name] * value for name, value in terms.items()]).sum()
     return total, {name: value.detach() for name, value in terms.items()}

@@ -126,7 +126,8 @@ def optimize(
         run_dir, sinks, show_progress = None, (), False
     # --- end data parallelism
     params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    # The fused kernel (CPU and CUDA) replaces a dozen small ops per parameter per step.
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, fused=True)
     alive = AliveTracker(
         model.module_names,
         config.C,

@@ -18,6 +18,7 @@ from spd.losses import (
     faithfulness_loss,
     importance_minimality_loss,
     layerwise_recon_loss,
+    live_rows,
     output_divergence,
     recon_loss,
     schatten_loss,
@@ -347,3 +348,79 @@ def test_embedding_recon_in_the_total_uses_the_full_terms_masks(
     masks = stochastic_masks(ci)
     expected = embedding_recon_loss(embed_model, pre_acts, masks, unembed=False).item()
     assert terms["embedding_recon"].item() == pytest.approx(expected, rel=1e-6)
+
+
+# ----- rows that cannot change a reconstruction -----
+
+
+def _sparse_tms() -> tuple[ComponentModel, Config, Tensor]:
+    from spd.config_loading import load_config
+    from spd.run_spd import build_component_model
+    from spd.target_loading import load_target_model
+    from tests.paths import TMS_5_2_ID_CONFIG
+
+    terms = {"out_recon_coeff": 1.0, "recon_coeff": 1.0, "recon_layerwise_coeff": 1.0}
+    config = load_config(TMS_5_2_ID_CONFIG, terms)
+    model = build_component_model(load_target_model(config), config)
+    model.init_components_from_target(0)
+    x = torch.rand(64, 5, generator=torch.Generator().manual_seed(3))
+    x[torch.rand(64, 5, generator=torch.Generator().manual_seed(4)) < 0.85] = 0
+    assert 0 < int(x.ne(0).any(-1).sum()) < 0.75 * 64  # a mix, mostly inert
+    return model, config, x
+
+
+def _losses_and_grads(
+    model: ComponentModel, config: Config, x: Tensor, seed: int
+) -> tuple[dict[str, Tensor], list[Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        out, pre_acts = model.forward_with_pre_acts(x)
+    ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
+    torch.manual_seed(seed)
+    total, terms = total_loss(model, x, out, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    total.backward()
+    return terms, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_inert_rows_are_left_out_with_the_same_losses_and_gradients() -> None:
+    model, config, x = _sparse_tms()
+    _, pre_acts = model.forward_with_pre_acts(x)
+    rows = live_rows(model, pre_acts)
+    assert rows is not None and torch.equal(rows, x.ne(0).any(-1).nonzero().squeeze(-1))
+    filtered, _ = _losses_and_grads(model, config, x, seed=5)
+    model.target.independent_rows = False  # every row through every pass
+    assert live_rows(model, pre_acts) is None
+    full, _ = _losses_and_grads(model, config, x, seed=5)
+    for name in ("faithfulness", "recon", "recon_layerwise", "out_recon", "importance_minimality"):
+        torch.testing.assert_close(filtered[name], full[name], rtol=1e-5, atol=1e-8)
+    # The stochastic terms draw masks for the live rows only: replay those draws.
+    assert rows is not None
+    _, ci_pre = model.forward_with_pre_acts(x)
+    ci, _ = model.causal_importances(ci_pre, config.sigmoid_type)
+    live_ci = {name: g.index_select(0, rows) for name, g in ci.items()}
+    xs, out = x[rows], model(x)[rows]
+    torch.manual_seed(5)
+    share = rows.numel() / x.shape[0]
+    expected_full = share * recon_loss(model, xs, out, stochastic_masks(live_ci), "mse")
+    expected_layerwise = share * layerwise_recon_loss(
+        model, xs, out, stochastic_masks(live_ci), "mse"
+    )
+    torch.testing.assert_close(filtered["stochastic_recon"], expected_full.detach())
+    torch.testing.assert_close(filtered["stochastic_recon_layerwise"], expected_layerwise.detach())
+    # Gradients of the deterministic terms alone agree too.
+    deterministic = config.model_copy(
+        update={"stochastic_recon_coeff": None, "stochastic_recon_layerwise_coeff": None}
+    )
+    model.target.independent_rows = True
+    _, a = _losses_and_grads(model, deterministic, x, seed=5)
+    model.target.independent_rows = False
+    _, b = _losses_and_grads(model, deterministic, x, seed=5)
+    for ga, gb in zip(a, b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
+def test_an_all_zero_batch_keeps_one_inert_row() -> None:
+    model, _, x = _sparse_tms()
+    _, pre_acts = model.forward_with_pre_acts(torch.zeros_like(x))
+    rows = live_rows(model, pre_acts)
+    assert rows is not None and rows.tolist() == [0]

@@ -42,6 +42,10 @@ class TMSModel(nn.Module):
     linear1's; `untie_weights()` freezes the current value into a plain `Linear` (what SPD sees).
     """
 
+    # Each batch row is processed on its own: SPD may skip rows that cannot change a loss
+    # (spd.losses.live_rows).
+    independent_rows = True
+
     TRAIN_HINT = "train it with: python spd/experiments/tms/train_tms.py --experiment tms_5-2"
 
     def __init__(self, config: TMSModelConfig) -> None:
