@@ -25,7 +25,7 @@ class AliveTracker:
     def update(self, ci: dict[str, Tensor]) -> None:
         for name, g in ci.items():
             n_in_batch = g.shape[:-1].numel()
-            fired = (g > self.threshold).flatten(0, -2).any(dim=0)
+            fired = g.flatten(0, -2).amax(dim=0) > self.threshold
             counter = self.examples_since_fired[name]
             counter.add_(n_in_batch).masked_fill_(fired, 0)
 

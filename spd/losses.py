@@ -39,7 +39,8 @@ def live_rows(model: ComponentModel, pre_acts: Mapping[str, Tensor]) -> Tensor |
     n = acts[0].shape[0]
     if any(a.dim() != 2 or a.shape[0] != n or not a.is_floating_point() for a in acts):
         return None
-    rows = torch.stack([a.ne(0).any(-1) for a in acts]).any(0).nonzero().squeeze(-1)
+    # Σ|a| over a row is zero exactly when the row is; summing is the cheapest such reduction.
+    rows = torch.stack([a.abs().sum(-1) for a in acts]).sum(0).nonzero().squeeze(-1)
     if rows.numel() > LIVE_ROW_SHARE_MAX * n:
         return None
     # With no live row at all, one inert row keeps the passes well defined (its loss is 0).

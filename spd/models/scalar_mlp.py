@@ -74,7 +74,8 @@ def scalar_mlp(
     lead, C = x.shape[:-1], x.shape[-1]
     flat = x.reshape(-1, C)
     if flat.device.type == "cpu":
-        live = flat.ne(0).any(-1).nonzero().squeeze(-1)
+        # Σ|x| is zero exactly for all-zero rows, and is the cheapest such reduction here.
+        live = flat.abs().sum(-1).nonzero().squeeze(-1)
         if live.numel() <= ZERO_ROW_SKIP_MAX_LIVE * flat.shape[0]:
             at_zero = _apply(flat.new_zeros(1, C), w1, b1, w2, b2)  # (1, C)
             with torch.no_grad():
