@@ -10,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from spd.models import scalar_mlp as scalar_mlp_module
 from spd.models.component_model import ComponentModel
 from spd.models.components import (
     Components,
@@ -313,7 +314,12 @@ def test_fused_scalar_mlp_matches_autograd_values_and_gradients(zero_rows: bool)
         assert fused_in[0].grad is not None and fused_in[0].grad[1, 0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("keep_hidden", [True, False], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("zero_rows", [False, True], ids=["dense", "mostly-zero-rows"])
-def test_fused_scalar_mlp_gradcheck_float64(zero_rows: bool) -> None:
+def test_fused_scalar_mlp_gradcheck_float64(
+    zero_rows: bool, keep_hidden: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large hidden layers are recomputed in the backward pass instead of kept; both must agree.
+    monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**23 if keep_hidden else 0)
     inputs = tuple(_scalar_mlp_inputs(torch.float64, zero_rows))
     assert torch.autograd.gradcheck(scalar_mlp, inputs)

@@ -2,8 +2,8 @@
 
 The CI functions' cost is dominated by (batch × C × hidden) elementwise work. Plain autograd
 materialises about twenty such tensors per step; this function keeps the layout (C, batch, hidden)
-so the two contractions run as batched matmuls, saves nothing of that size, and recomputes the
-pre-activation in the backward pass: about a third of the memory traffic. On the CPU it also
+so the two contractions run as batched matmuls and saves only the hidden layer and its GELU
+(recomputed in the backward pass instead when they are large). On the CPU it also
 evaluates the all-zero rows of a sparse batch only once (see `scalar_mlp`).
 """
 
@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+# Hidden layers up to this many elements are kept for the backward pass; larger ones (e.g.
+# resid_mlp3's 2048 × 500 × 128) are recomputed there, trading time for gigabytes.
+KEEP_HIDDEN_MAX = 2**23
 # Skip the all-zero rows only when they are a sizeable share of the batch; otherwise the
 # gather/scatter costs more than it saves.
 ZERO_ROW_SKIP_MAX_LIVE = 0.75
@@ -31,16 +34,22 @@ class _ScalarMLP(torch.autograd.Function):
         h = torch.baddbmm(b1[:, None, :], x[:, :, None], w1[:, None, :])  # (C, N, H)
         a = F.gelu(h)
         out = torch.baddbmm(b2[:, None, None], a, w2[:, :, None]).squeeze(-1)  # (C, N)
-        ctx.save_for_backward(x, w1, b1, w2)
+        keep = h.numel() <= KEEP_HIDDEN_MAX
+        ctx.keep_hidden = keep  # pyright: ignore[reportAttributeAccessIssue]
+        ctx.save_for_backward(x, w1, b1, w2, *((h, a) if keep else ()))
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: Tensor) -> tuple[Tensor, ...]:
-        x, w1, b1, w2 = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
+        x, w1, b1, w2, *kept = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
+        if kept:
+            h, a = kept
+        else:
+            h = torch.baddbmm(b1[:, None, :], x[:, :, None], w1[:, None, :])
+            a = F.gelu(h)
         g_out = grads[0].contiguous()  # (C, N)
-        h = torch.baddbmm(b1[:, None, :], x[:, :, None], w1[:, None, :])
         g_a = torch.bmm(g_out[:, :, None], w2[:, None, :])  # (C, N, H)
-        g_w2 = torch.bmm(g_out[:, None, :], F.gelu(h)).squeeze(1)  # (C, H)
+        g_w2 = torch.bmm(g_out[:, None, :], a).squeeze(1)  # (C, H)
         g_h = torch.ops.aten.gelu_backward(g_a, h)
         g_x = torch.bmm(g_h, w1[:, :, None]).squeeze(-1)  # (C, N)
         g_w1 = torch.bmm(x[:, None, :], g_h).squeeze(1)  # (C, H)
@@ -48,9 +57,9 @@ class _ScalarMLP(torch.autograd.Function):
 
 
 def _apply(
-    rows: Float[Tensor, "N C"], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
+    x_cn: Float[Tensor, "C N"], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
 ) -> Float[Tensor, "N C"]:
-    out = _ScalarMLP.apply(rows.T.contiguous(), w1, b1, w2, b2)
+    out = _ScalarMLP.apply(x_cn.contiguous(), w1, b1, w2, b2)
     assert isinstance(out, Tensor)
     return out.T
 
@@ -77,10 +86,10 @@ def scalar_mlp(
         # Σ|x| is zero exactly for all-zero rows, and is the cheapest such reduction here.
         live = flat.abs().sum(-1).nonzero().squeeze(-1)
         if live.numel() <= ZERO_ROW_SKIP_MAX_LIVE * flat.shape[0]:
-            at_zero = _apply(flat.new_zeros(1, C), w1, b1, w2, b2)  # (1, C)
+            at_zero = (w2 * F.gelu(b1)).sum(-1) + b2  # (C,): the MLPs at x = 0
             with torch.no_grad():
                 slope = (w2 * w1 * torch.ops.aten.gelu_backward(torch.ones_like(b1), b1)).sum(-1)
             shared = at_zero + flat * slope
-            out = shared.index_copy(0, live, _apply(flat.index_select(0, live), w1, b1, w2, b2))
-            return out.reshape(*lead, C)
-    return _apply(flat, w1, b1, w2, b2).reshape(*lead, C)
+            live_out = _apply(flat.index_select(0, live).T, w1, b1, w2, b2)
+            return shared.index_copy(0, live, live_out).reshape(*lead, C)
+    return _apply(flat.T, w1, b1, w2, b2).reshape(*lead, C)
