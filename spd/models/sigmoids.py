@@ -37,9 +37,27 @@ def lower_leaky_hard_sigmoid(x: Tensor) -> Tensor:
     return result
 
 
+class _UpperLeakyHardSigmoid(torch.autograd.Function):
+    """Forward 0 for x <= 0, x on [0, 1], 1 + LEAK·(x − 1) above 1; slope 0, 1, LEAK."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        # clamp(x, 0) − (1 − LEAK)·clamp(x − 1, 0): two passes instead of where() over three.
+        return x.clamp(min=0.0).sub_((x - 1).clamp_(min=0.0), alpha=1 - LEAK)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grad_outputs: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
+        slope = torch.where(x > 1, LEAK, (x > 0).to(x.dtype))
+        return grad_outputs[0] * slope
+
+
 def upper_leaky_hard_sigmoid(x: Tensor) -> Tensor:
     """0 for x <= 0, x on [0, 1], 1 + LEAK·(x − 1) above 1."""
-    return torch.where(x > 1, 1 + LEAK * (x - 1), x.clamp(min=0.0))
+    result = _UpperLeakyHardSigmoid.apply(x)
+    assert isinstance(result, Tensor)
+    return result
 
 
 def hard_sigmoid(x: Tensor) -> Tensor:
