@@ -13,8 +13,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 # Hidden layers up to this many elements are kept for the backward pass; larger ones (e.g.
-# resid_mlp3's 2048 × 500 × 128) are recomputed there, trading time for gigabytes.
-KEEP_HIDDEN_MAX = 2**23
+# resid_mlp3's 2048 × 500 × 128) are recomputed there, trading time for gigabytes; tms_40-10's
+# 4096 × 200 × 16 (64 MB each) are kept.
+KEEP_HIDDEN_MAX = 2**24
 # Skip the all-zero rows only when they are a sizeable share of the batch; otherwise the
 # gather/scatter costs more than it saves.
 ZERO_ROW_SKIP_MAX_LIVE = 0.75
