@@ -97,6 +97,23 @@ def offline_env(home: Path) -> dict[str, str]:
     return env
 
 
+def run_tms_script(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run the tms_5-2 decomposition script to completion (failing the test with its stderr if it
+    fails); returns everything it printed."""
+    script = get_experiment("tms_5-2").decomp_script
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun]:
     root = tmp_path_factory.mktemp("offline")
@@ -109,26 +126,12 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun
         "--override", "wandb_tags=[tiny, offline]",
         "--override", "wandb_run_name_prefix=pre-",
     ]  # fmt: skip
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(spec.decomp_script),
-            str(spec.config_path),
-            *TINY_CLI_OVERRIDES,
-            *overrides,
-            "--no-progress",
-        ],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    printed = run_tms_script(
+        [str(spec.config_path), *TINY_CLI_OVERRIDES, *overrides, "--no-progress"], env, root
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (root / "out").iterdir()
     (wandb_run_dir,) = (run_dir / "wandb").glob("offline-run-*")
-    yield OfflineRun(run_dir, wandb_run_dir, home, result.stdout + result.stderr)
+    yield OfflineRun(run_dir, wandb_run_dir, home, printed)
 
 
 def test_offline_run_holds_uploaded_files(offline_run: OfflineRun) -> None:
@@ -313,26 +316,9 @@ def test_resumed_run_continues_the_same_wandb_run(offline_run: OfflineRun, tmp_p
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     assert offline_run.wandb_run_dir.name.endswith(f"-{run_id}")
     env = offline_env(offline_run.wandb_home)
-    script = get_experiment("tms_5-2").decomp_script
     steps = yaml.safe_load((run_dir / "final_config.yaml").read_text())["steps"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--resume",
-            str(run_dir),
-            "--override",
-            f"steps={steps + 4}",
-            "--no-progress",
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["--resume", str(run_dir), "--override", f"steps={steps + 4}", "--no-progress"]
+    run_tms_script(args, env, tmp_path)
     offline_dirs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_dirs) == 2  # the first session's and the resumed one's
     assert all(d.name.endswith(f"-{run_id}") for d in offline_dirs)
