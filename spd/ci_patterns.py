@@ -74,9 +74,14 @@ def n_dense(ci: Float[Tensor, "n_features C"], on: float = 0.5, min_fraction: fl
     return int(((ci > on).float().mean(0) >= min_fraction).sum())
 
 
+def live_columns(ci: Float[Tensor, "n_features C"], off: float = 0.1) -> Bool[Tensor, " C"]:
+    """Which subcomponents have CI above `off` for at least one feature."""
+    return (ci > off).any(0)
+
+
 def n_live(ci: Float[Tensor, "n_features C"], off: float = 0.1) -> int:
-    """Subcomponents with CI above `off` for at least one feature."""
-    return int((ci > off).any(0).sum())
+    """How many subcomponents are live (see `live_columns`)."""
+    return int(live_columns(ci, off).sum())
 
 
 def n_axis_aligned(

@@ -25,6 +25,7 @@ from spd.ci_patterns import (
     dense_errors,
     group_by_patterns,
     identity_errors,
+    live_columns,
     n_axis_aligned,
     n_dense,
     n_live,
@@ -98,7 +99,7 @@ def ci_pattern_scores(model: ComponentModel, config: Config) -> dict[str, float]
     groups = group_by_patterns(ci, [MLP_IN, MLP_OUT])
     mlp_in, mlp_out = groups[MLP_IN], groups[MLP_OUT]
     neuron_aligned = sum(
-        n_axis_aligned(comps.V, (ci[name] > CI_OFF).any(0))
+        n_axis_aligned(comps.V, live_columns(ci[name], CI_OFF))
         for name, comps in model.components.items()
         if fnmatch.fnmatchcase(name, MLP_OUT)
     )
