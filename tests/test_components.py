@@ -183,6 +183,14 @@ def test_tied_components_are_the_transpose_of_their_source(
     assert torch.allclose(gap1.T, gap2)
 
 
+def test_new_components_start_at_zero_until_initialised() -> None:
+    # A regression test: factors once came from `torch.empty`, whose stray memory made a loss NaN.
+    model = ComponentModel(TinyLM(), ["embed", "lm_head"], C=4)
+    for comp in model.components.values():
+        assert torch.equal(comp.V, torch.zeros_like(comp.V))
+        assert torch.equal(comp.U, torch.zeros_like(comp.U))
+
+
 def test_init_from_target_uses_unit_directions_scaled_by_the_projection() -> None:
     torch.manual_seed(0)
     weight = torch.randn(3, 4)  # nn.Linear layout (d_out, d_in)

@@ -39,8 +39,10 @@ class Components(nn.Module):
         super().__init__()
         self.d_in, self.d_out, self.C = d_in, d_out, C
         self.weight_layout: WeightLayout = weight_layout
-        self._V = nn.Parameter(torch.empty(d_in, C))
-        self._U = nn.Parameter(torch.empty(C, d_out))
+        # Zeros, not `torch.empty`: an unset factor must never hold stray memory (NaN).
+        # `init_from_target` (called by `optimize`) or a checkpoint fills them.
+        self._V = nn.Parameter(torch.zeros(d_in, C))
+        self._U = nn.Parameter(torch.zeros(C, d_out))
         self.bias: Tensor | None
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         # Set by `tie_to`: this matrix is the transpose of another's, so its factors are the
