@@ -5,6 +5,7 @@ importances of this step; a term whose coefficient is null is never computed.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,37 +15,9 @@ from torch import Tensor
 from spd.configs import Config, OutputLossType
 from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
+from spd.row_selection import RowSelection, select_rows
 
 IMPORTANCE_EPS = 1e-12
-# Leave inert rows out only when they are a sizeable share of the batch; otherwise the gathers
-# cost more than they save.
-LIVE_ROW_SHARE_MAX = 0.75
-
-
-def live_rows(model: ComponentModel, pre_acts: Mapping[str, Tensor]) -> Tensor | None:
-    """Indices of the batch rows that can make a masked output differ from the target's, or None
-    (keep every row).
-
-    For a target that declares `independent_rows = True` (it processes each batch row on its
-    own, like the toy models), a row whose input to every decomposed layer is exactly zero gives
-    the target's output under any masks: components fed zero output the layer's bias, as the
-    original layer does, so each later layer sees its target-pass input. Such rows add exactly
-    zero to every reconstruction loss and to its gradient, so those passes can skip them; most
-    rows of a sparse toy batch are such rows. CPU only: on CUDA the work per row is not the
-    bottleneck and finding the rows would cost a synchronisation.
-    """
-    acts = list(pre_acts.values())
-    if not getattr(model.target, "independent_rows", False) or acts[0].device.type != "cpu":
-        return None
-    n = acts[0].shape[0]
-    if any(a.dim() != 2 or a.shape[0] != n or not a.is_floating_point() for a in acts):
-        return None
-    # Σ|a| over a row is zero exactly when the row is; summing is the cheapest such reduction.
-    rows = torch.stack([a.abs().sum(-1) for a in acts]).sum(0).nonzero().squeeze(-1)
-    if rows.numel() > LIVE_ROW_SHARE_MAX * n:
-        return None
-    # With no live row at all, one inert row keeps the passes well defined (its loss is 0).
-    return rows if rows.numel() > 0 else rows.new_zeros(1)
 
 
 def output_divergence(pred: Tensor, target: Tensor, loss_type: OutputLossType) -> Tensor:
@@ -99,25 +72,41 @@ def layerwise_recon_loss(
     return torch.stack(losses).mean()
 
 
+def _example_mean(per_example: Tensor, rows: RowSelection | None) -> Tensor:
+    return per_example.mean() if rows is None else rows.mean(per_example)
+
+
 def importance_minimality_loss(
-    ci_upper: Mapping[str, Float[Tensor, "... C"]], pnorm: float
+    ci_upper: Mapping[str, Float[Tensor, "... C"]],
+    pnorm: float,
+    rows: RowSelection | None = None,
 ) -> Tensor:
-    """Mean over examples (and positions) of Σ_l Σ_c (g_upper + ε)^p."""
+    """Mean over examples (and positions) of Σ_l Σ_c (g_upper + ε)^p.
+
+    With `rows`, `ci_upper` holds only the selected rows and the mean is the full batch's.
+    """
     # p = 1 (the toy models' setting) needs no power: one pass less each way.
     per_layer = [
-        ((g + IMPORTANCE_EPS) if pnorm == 1 else (g + IMPORTANCE_EPS) ** pnorm).sum(-1).mean()
+        _example_mean(
+            ((g + IMPORTANCE_EPS) if pnorm == 1 else (g + IMPORTANCE_EPS) ** pnorm).sum(-1), rows
+        )
         for g in ci_upper.values()
     ]
     return torch.stack(per_layer).sum()
 
 
-def schatten_loss(model: ComponentModel, ci_upper: Mapping[str, Tensor], pnorm: float) -> Tensor:
+def schatten_loss(
+    model: ComponentModel,
+    ci_upper: Mapping[str, Tensor],
+    pnorm: float,
+    rows: RowSelection | None = None,
+) -> Tensor:
     """Σ_l mean over examples of Σ_c g_upper^p (‖V_c‖² + ‖U_c‖²)."""
     terms = []
     for name, g in ci_upper.items():
         comp = model.components[name]
         sizes = comp.V.pow(2).sum(0) + comp.U.pow(2).sum(1)
-        terms.append(((g + IMPORTANCE_EPS) ** pnorm * sizes).sum(-1).mean())
+        terms.append(_example_mean(((g + IMPORTANCE_EPS) ** pnorm * sizes).sum(-1), rows))
     return torch.stack(terms).sum()
 
 
@@ -158,20 +147,17 @@ def total_loss(
     ci_upper: Mapping[str, Tensor],
     config: Config,
     pnorm: float,
+    rows: RowSelection | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ coeff_i · loss_i over the configured terms; also returns each term (detached).
 
-    The reconstruction terms run on the rows that can change them (`live_rows`) and are scaled
-    by their share of the batch: the same means over the whole batch, for less work.
+    With `rows` (`spd.row_selection`), every tensor holds only the selected rows of the batch,
+    and each term is still the full batch's: the reconstruction means are scaled by the kept
+    share (the rows left out add zero), the importance means weight the representative row.
     """
     coeffs = config.loss_coeffs
     loss_type = config.output_loss_type
-    rows = live_rows(model, pre_acts)
-    share = 1.0
-    if rows is not None:
-        share = rows.numel() / batch.shape[0]
-        batch, target_out = batch.index_select(0, rows), target_out.index_select(0, rows)
-        ci = {name: g.index_select(0, rows) for name, g in ci.items()}
+    share = 1.0 if rows is None else rows.share
     terms: dict[str, Tensor] = {}
     if "faithfulness" in coeffs:
         terms["faithfulness"] = faithfulness_loss(model)
@@ -206,11 +192,34 @@ def total_loss(
             if samples:
                 terms[name] = scale * torch.stack(samples).mean()
     if "importance_minimality" in coeffs:
-        terms["importance_minimality"] = importance_minimality_loss(ci_upper, pnorm)
+        terms["importance_minimality"] = importance_minimality_loss(ci_upper, pnorm, rows)
     if "schatten" in coeffs:
-        terms["schatten"] = schatten_loss(model, ci_upper, pnorm)
+        terms["schatten"] = schatten_loss(model, ci_upper, pnorm, rows)
     if "out_recon" in coeffs:
         unmasked: dict[str, Tensor | None] = dict.fromkeys(model.module_names)
         terms["out_recon"] = share * recon_loss(model, batch, target_out, unmasked, loss_type)
     total = torch.stack([coeffs[name] * value for name, value in terms.items()]).sum()
     return total, {name: value.detach() for name, value in terms.items()}
+
+
+@dataclass
+class BatchLoss:
+    """One (micro-)batch's training loss and what the step's bookkeeping needs from it."""
+
+    total: Tensor
+    terms: dict[str, Tensor]  # each configured term, detached
+    ci: dict[str, Tensor]  # mask-side CI of the rows the losses were computed on
+    rows: RowSelection | None  # those rows, or None for the whole batch
+
+
+def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
+    """Target pass, row selection (`spd.row_selection`), causal importances, `total_loss`."""
+    with torch.no_grad():
+        target_out, pre_acts = model.forward_with_pre_acts(batch)
+    rows = select_rows(model, pre_acts)
+    if rows is not None:
+        batch, target_out = rows.take(batch), rows.take(target_out)
+        pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
+    ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
+    total, terms = total_loss(model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm, rows)
+    return BatchLoss(total=total, terms=terms, ci=ci, rows=rows)

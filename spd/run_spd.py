@@ -23,7 +23,7 @@ from spd.configs import Config
 from spd.data.stream_state import TrackedStream
 from spd.eval_context import EvalContext
 from spd.evaluation_registry import registry
-from spd.losses import total_loss
+from spd.losses import batch_loss
 from spd.lr_schedules import lr_at_step, pnorm_at_step
 from spd.models.component_model import ComponentModel
 from spd.run_dir import RunDirectory
@@ -194,20 +194,17 @@ def optimize(
         ci_l0_sums: dict[str, Tensor] = {}
         for _ in range(n_micro):
             batch = next(streams["train"]).to(device)
-            with torch.no_grad():
-                target_out, pre_acts = model.forward_with_pre_acts(batch)
-            ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
-            loss, terms = total_loss(
-                model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm
-            )
-            (loss / n_micro).backward()
-            alive.update(ci)
-            loss_sum += loss.item()
+            step_loss = batch_loss(model, batch, config, pnorm)
+            (step_loss.total / n_micro).backward()
+            terms, rows = step_loss.terms, step_loss.rows
+            alive.update(step_loss.ci, None if rows is None else rows.n_rows)
+            loss_sum += step_loss.total.item()
             if log_due:
                 for name, value in terms.items():
                     term_sums[name] = term_sums[name] + value if name in term_sums else value
-                for name, g in ci.items():
-                    l0 = (g.detach() > config.ci_alive_threshold).float().sum(-1).mean()
+                for name, g in step_loss.ci.items():
+                    fired = (g.detach() > config.ci_alive_threshold).float().sum(-1)
+                    l0 = fired.mean() if rows is None else rows.mean(fired)
                     ci_l0_sums[name] = ci_l0_sums[name] + l0 if name in ci_l0_sums else l0
         # --- data parallelism: mean gradients and loss over ranks (no-ops on one process)
         distributed.average_gradients(params)

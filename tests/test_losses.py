@@ -14,11 +14,11 @@ from torch import Tensor
 
 from spd.configs import Config, TMSTaskConfig
 from spd.losses import (
+    batch_loss,
     embedding_recon_loss,
     faithfulness_loss,
     importance_minimality_loss,
     layerwise_recon_loss,
-    live_rows,
     output_divergence,
     recon_loss,
     schatten_loss,
@@ -26,6 +26,7 @@ from spd.losses import (
     total_loss,
 )
 from spd.models.component_model import ComponentModel
+from spd.row_selection import select_rows
 from tests.toy_targets import TinyLM, TwoLinear
 
 X = torch.tensor([[1.0, 1.0]])
@@ -373,13 +374,23 @@ def _losses_and_grads(
     model: ComponentModel, config: Config, x: Tensor, seed: int
 ) -> tuple[dict[str, Tensor], list[Tensor]]:
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        out, pre_acts = model.forward_with_pre_acts(x)
-    ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
     torch.manual_seed(seed)
-    total, terms = total_loss(model, x, out, pre_acts, ci, ci_upper, config, pnorm=1.0)
-    total.backward()
-    return terms, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    result = batch_loss(model, x, config, pnorm=1.0)
+    result.total.backward()
+    return result.terms, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_a_sparse_batch_keeps_its_live_rows_and_one_weighted_inert_row() -> None:
+    model, _, x = _sparse_tms()
+    _, pre_acts = model.forward_with_pre_acts(x)
+    rows = select_rows(model, pre_acts)
+    live = x.ne(0).any(-1)
+    n_live = int(live.sum())
+    assert rows is not None and rows.n_rows == 64
+    assert torch.equal(rows.index[:-1], live.nonzero().squeeze(-1))
+    assert not live[rows.index[-1]]  # the representative is an inert row
+    assert rows.weights.tolist() == [1.0] * n_live + [64.0 - n_live]
+    assert rows.share == (n_live + 1) / 64
 
 
 def test_inert_rows_are_left_out_with_the_same_losses_and_gradients(
@@ -387,33 +398,33 @@ def test_inert_rows_are_left_out_with_the_same_losses_and_gradients(
 ) -> None:
     model, config, x = _sparse_tms()
     _, pre_acts = model.forward_with_pre_acts(x)
-    rows = live_rows(model, pre_acts)
-    assert rows is not None and torch.equal(rows, x.ne(0).any(-1).nonzero().squeeze(-1))
-    filtered, _ = _losses_and_grads(model, config, x, seed=5)
+    rows = select_rows(model, pre_acts)
+    assert rows is not None
+    selected, _ = _losses_and_grads(model, config, x, seed=5)
     monkeypatch.setattr(model.target, "independent_rows", False)  # every row through every pass
-    assert live_rows(model, pre_acts) is None
+    assert select_rows(model, pre_acts) is None
     full, _ = _losses_and_grads(model, config, x, seed=5)
     for name in ("faithfulness", "recon", "recon_layerwise", "out_recon", "importance_minimality"):
-        torch.testing.assert_close(filtered[name], full[name], rtol=1e-5, atol=1e-8)
-    # The stochastic terms draw masks for the live rows only: replay those draws.
-    assert rows is not None
-    _, ci_pre = model.forward_with_pre_acts(x)
-    ci, _ = model.causal_importances(ci_pre, config.sigmoid_type)
-    live_ci = {name: g.index_select(0, rows) for name, g in ci.items()}
-    xs, out = x[rows], model(x)[rows]
+        torch.testing.assert_close(selected[name], full[name], rtol=1e-5, atol=1e-8)
+    # The kept rows' CI is the full batch's, cut to those rows.
+    monkeypatch.setattr(model.target, "independent_rows", True)
+    kept_ci = batch_loss(model, x, config, pnorm=1.0).ci
+    ci, _ = model.causal_importances(pre_acts, config.sigmoid_type)
+    for name, g in ci.items():
+        torch.testing.assert_close(kept_ci[name], rows.take(g))
+    # The stochastic terms draw masks for the kept rows only: replay those draws.
+    xs, out = rows.take(x), rows.take(model(x))
     torch.manual_seed(5)
-    share = rows.numel() / x.shape[0]
-    expected_full = share * recon_loss(model, xs, out, stochastic_masks(live_ci), "mse")
-    expected_layerwise = share * layerwise_recon_loss(
-        model, xs, out, stochastic_masks(live_ci), "mse"
+    expected_full = rows.share * recon_loss(model, xs, out, stochastic_masks(kept_ci), "mse")
+    expected_layerwise = rows.share * layerwise_recon_loss(
+        model, xs, out, stochastic_masks(kept_ci), "mse"
     )
-    torch.testing.assert_close(filtered["stochastic_recon"], expected_full.detach())
-    torch.testing.assert_close(filtered["stochastic_recon_layerwise"], expected_layerwise.detach())
-    # Gradients of the deterministic terms alone agree too.
+    torch.testing.assert_close(selected["stochastic_recon"], expected_full.detach())
+    torch.testing.assert_close(selected["stochastic_recon_layerwise"], expected_layerwise.detach())
+    # Gradients of the deterministic terms (importance minimality included) agree too.
     deterministic = config.model_copy(
         update={"stochastic_recon_coeff": None, "stochastic_recon_layerwise_coeff": None}
     )
-    monkeypatch.setattr(model.target, "independent_rows", True)
     _, a = _losses_and_grads(model, deterministic, x, seed=5)
     monkeypatch.setattr(model.target, "independent_rows", False)
     _, b = _losses_and_grads(model, deterministic, x, seed=5)
@@ -421,8 +432,21 @@ def test_inert_rows_are_left_out_with_the_same_losses_and_gradients(
         torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
 
 
-def test_an_all_zero_batch_keeps_one_inert_row() -> None:
+def test_an_all_zero_batch_keeps_one_inert_row_standing_for_all() -> None:
+    model, config, x = _sparse_tms()
+    zeros = torch.zeros_like(x)
+    _, pre_acts = model.forward_with_pre_acts(zeros)
+    rows = select_rows(model, pre_acts)
+    assert rows is not None and rows.index.tolist() == [0] and rows.weights.tolist() == [64.0]
+    # The one row's importance counts 64 times: the same mean as all 64 identical rows.
+    selected, _ = _losses_and_grads(model, config, zeros, seed=1)
+    assert selected["stochastic_recon"].item() == 0.0
+    _, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
+    expected = importance_minimality_loss(ci_upper, pnorm=1.0)
+    torch.testing.assert_close(selected["importance_minimality"], expected.detach())
+
+
+def test_a_mostly_live_batch_is_not_cut() -> None:
     model, _, x = _sparse_tms()
-    _, pre_acts = model.forward_with_pre_acts(torch.zeros_like(x))
-    rows = live_rows(model, pre_acts)
-    assert rows is not None and rows.tolist() == [0]
+    _, pre_acts = model.forward_with_pre_acts(torch.rand_like(x) + 0.1)
+    assert select_rows(model, pre_acts) is None

@@ -55,7 +55,7 @@ class ResidMLP(nn.Module):
     """Residual MLP of `n_layers` blocks over a fixed embedding (see the module docstring)."""
 
     # Each batch row is processed on its own: SPD may skip rows that cannot change a loss
-    # (spd.losses.live_rows).
+    # (spd.row_selection).
     independent_rows = True
 
     TRAIN_HINT = "train it with: python spd/experiments/resid_mlp/train_resid_mlp.py --experiment resid_mlpN (N = 1, 2, 3)"

@@ -43,7 +43,7 @@ class TMSModel(nn.Module):
     """
 
     # Each batch row is processed on its own: SPD may skip rows that cannot change a loss
-    # (spd.losses.live_rows).
+    # (spd.row_selection).
     independent_rows = True
 
     TRAIN_HINT = "train it with: python spd/experiments/tms/train_tms.py --experiment tms_5-2"
