@@ -262,6 +262,25 @@ def test_dense_pattern_over_layers() -> None:
     assert dense_errors(shuffled, k=50, tolerance=0.1) > 1000
 
 
+def test_broadly_active_neurons_bound_the_dense_mlp_out_subcomponents() -> None:
+    from spd.experiments.resid_mlp.resid_mlp_decomposition import ci_pattern_scores
+
+    target = ResidMLP(ResidMLPModelConfig(n_features=10, d_embed=20, d_mlp=4, n_layers=1))
+    # Planted pre-activations per unit input (features × neurons): neuron 0 positive for every
+    # feature, neuron 1 for 9 of 10 (exactly the 90 % bound), neuron 2 for 8, neuron 3 for none.
+    planted = torch.ones(10, 4)
+    planted[:1, 1] = -1.0
+    planted[:2, 2] = -1.0
+    planted[:, 3] = -1.0
+    with torch.no_grad():
+        # W_E has full row rank, so W_E · pinv(W_E) = I and the pre-activations are `planted`.
+        target.layers[0].mlp_in.weight.copy_((torch.linalg.pinv(target.W_E) @ planted).T)
+    config = load_config(RESID_MLP / "resid_mlp1_config.yaml")
+    model = ComponentModel(target, ["layers.*.mlp_in", "layers.*.mlp_out"], C=6)
+    model.init_components_from_target(0)
+    assert ci_pattern_scores(model, config)["broadly_active_neurons"] == 2
+
+
 # ----- the decomposition script -----
 
 
@@ -303,4 +322,11 @@ def test_a_few_hundred_decomposition_steps_lower_the_loss(
     verdict = proc.stdout.strip().splitlines()[-1]
     assert verdict == f"spd: {summary['verdict']}"
     assert f"{int(summary['dedicated_mlp_in'])} of 100 features have exactly one" in verdict
+    # The target's neurons that a one-hot input (0.75) switches on for ≥ 90 % of the features,
+    # counted here from the shipped weights alone.
+    target = ResidMLP.from_pretrained(RESID_MLP / "targets" / "resid_mlp1")
+    pre = 0.75 * target.W_E @ target.layers[0].mlp_in.weight.T  # (features, neurons)
+    broad = int(((pre > 0).float().mean(0) >= 0.9).sum())
+    assert summary["broadly_active_neurons"] == broad
+    assert f"the target has {broad} of 50 neurons active on ≥ 90% of the one-hot inputs" in verdict
     assert (run_dir / "figures" / "neuron_contributions_300.png").stat().st_size > 0

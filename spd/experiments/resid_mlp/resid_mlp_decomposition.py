@@ -9,8 +9,9 @@ many features have exactly one dedicated mlp_in subcomponent (CI > 0.5 on that f
 input and ≤ 0.1 on every other feature's; the mlp_in layers of all blocks counted together),
 how many mlp_out subcomponents (all blocks together) are causally important for nearly
 every feature, and how many are important for any feature at all, with how many of those read
-exactly one neuron. The spec expects one dedicated subcomponent per feature and d_mlp (total)
-dense mlp_out subcomponents.
+exactly one neuron, and how many of the target's neurons the one-hot inputs switch on nearly
+always (a subcomponent that reads one neuron can be dense only if its neuron is). The spec
+expects one dedicated subcomponent per feature and d_mlp (total) dense mlp_out subcomponents.
 """
 
 import fnmatch
@@ -103,6 +104,10 @@ def ci_pattern_scores(model: ComponentModel, config: Config) -> dict[str, float]
         for name, comps in model.components.items()
         if fnmatch.fnmatchcase(name, MLP_OUT)
     )
+    # A subcomponent that reads one neuron cannot matter for a feature whose one-hot input leaves
+    # that neuron off; so the target's broadly active neurons bound the dense neuron-aligned
+    # subcomponents.
+    neurons = group_by_patterns(pre_acts, [MLP_OUT])[MLP_OUT]
     return {
         "n_features": float(n_features),
         "dedicated_mlp_in": float(n_with_one_dedicated(mlp_in, CI_ON, CI_OFF)),
@@ -110,6 +115,7 @@ def ci_pattern_scores(model: ComponentModel, config: Config) -> dict[str, float]
         "dense_mlp_out": float(n_dense(mlp_out, CI_ON, DENSE_MIN_FRACTION)),
         "live_mlp_out": float(n_live(mlp_out, CI_OFF)),
         "neuron_aligned_mlp_out": float(neuron_aligned),
+        "broadly_active_neurons": float(n_dense(neurons, 0.0, DENSE_MIN_FRACTION)),
         "total_d_mlp": float(total_d_mlp),
         "identity_ci_error/mlp_in": float(
             identity_errors(mlp_in, diagonal_permutation(mlp_in), CI_OFF)
@@ -123,13 +129,15 @@ def verdict(scores: dict[str, float]) -> str:
     n, dedicated = int(scores["n_features"]), int(scores["dedicated_mlp_in"])
     dense, d_mlp = int(scores["dense_mlp_out"]), int(scores["total_d_mlp"])
     live, aligned = int(scores["live_mlp_out"]), int(scores["neuron_aligned_mlp_out"])
+    broad = int(scores["broadly_active_neurons"])
     return (
         f"{dedicated} of {n} features have exactly one dedicated mlp_in subcomponent "
         f"(CI > {CI_ON} on its one-hot input, ≤ {CI_OFF} on every other); "
         f"{dense} mlp_out subcomponents are causally important (CI > {CI_ON}) for "
         f"≥ {DENSE_MIN_FRACTION:.0%} of features (expected: {d_mlp}); "
         f"{live} mlp_out subcomponents are important for some feature, "
-        f"{aligned} of them reading a single neuron"
+        f"{aligned} of them reading a single neuron; the target has {broad} of {d_mlp} neurons "
+        f"active on ≥ {DENSE_MIN_FRACTION:.0%} of the one-hot inputs"
     )
 
 
