@@ -274,7 +274,7 @@ def test_broadly_active_neurons_bound_the_dense_mlp_out_subcomponents() -> None:
     planted[:, 3] = -1.0
     with torch.no_grad():
         # W_E has full row rank, so W_E · pinv(W_E) = I and the pre-activations are `planted`.
-        target.layers[0].mlp_in.weight.copy_((torch.linalg.pinv(target.W_E) @ planted).T)
+        _linear(target, "layers.0.mlp_in").weight.copy_((torch.linalg.pinv(target.W_E) @ planted).T)
     config = load_config(RESID_MLP / "resid_mlp1_config.yaml")
     model = ComponentModel(target, ["layers.*.mlp_in", "layers.*.mlp_out"], C=6)
     model.init_components_from_target(0)
@@ -325,7 +325,7 @@ def test_a_few_hundred_decomposition_steps_lower_the_loss(
     # The target's neurons that a one-hot input (0.75) switches on for ≥ 90 % of the features,
     # counted here from the shipped weights alone.
     target = ResidMLP.from_pretrained(RESID_MLP / "targets" / "resid_mlp1")
-    pre = 0.75 * target.W_E @ target.layers[0].mlp_in.weight.T  # (features, neurons)
+    pre = 0.75 * target.W_E @ _linear(target, "layers.0.mlp_in").weight.T  # (features, neurons)
     broad = int(((pre > 0).float().mean(0) >= 0.9).sum())
     assert summary["broadly_active_neurons"] == broad
     assert f"the target has {broad} of 50 neurons active on ≥ 90% of the one-hot inputs" in verdict
