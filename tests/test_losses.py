@@ -364,6 +364,12 @@ def _sparse_tms() -> tuple[ComponentModel, Config, Tensor]:
     config = load_config(TMS_5_2_ID_CONFIG, terms)
     model = build_component_model(load_target_model(config), config)
     model.init_components_from_target(0)
+    # Random CI-function parameters (biases included): an inert row's CI is then not 0, so its
+    # weight in the importance mean shows in the loss.
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.gates.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
     x = torch.rand(64, 5, generator=torch.Generator().manual_seed(3))
     x[torch.rand(64, 5, generator=torch.Generator().manual_seed(4)) < 0.85] = 0
     assert 0 < int(x.ne(0).any(-1).sum()) < 0.75 * 64  # a mix, mostly inert

@@ -113,6 +113,51 @@ def test_gradient_accumulation_matches_one_full_batch(
     assert loss[3] < loss[0], "the test is vacuous if nothing trained"
 
 
+def test_cutting_sparse_batches_to_their_live_rows_changes_no_logged_value(
+    quick_tms_config: ConfigFactory, tms_target: TargetFactory
+) -> None:
+    # Deterministic terms only, so the two paths see the same losses; the CI-L0 and alive counts
+    # must weight the one kept inert row by the number it stands for (spd.row_selection).
+    config = quick_tms_config(
+        stochastic_recon_coeff=None,
+        stochastic_recon_layerwise_coeff=None,
+        recon_coeff=1.0,
+        recon_layerwise_coeff=1.0,
+        importance_minimality_coeff=1e-2,
+        steps=3,
+        batch_size=64,
+        lr=1e-2,
+        lr_schedule="constant",
+        train_log_freq=1,
+        ci_alive_threshold=0.0,
+    )
+    generator = torch.Generator().manual_seed(5)
+    values = torch.rand(4, 64, 5, generator=generator)
+    batches = list(values * (torch.rand(4, 64, 5, generator=generator) < 0.1))  # ~60 % inert
+    sinks, params = {}, {}
+    for cut in (True, False):
+        target = tms_target()
+        target.independent_rows = cut  # pyright: ignore[reportAttributeAccessIssue]
+        sinks[cut] = RecordingSink()
+        result = optimize(
+            target,
+            config,
+            CPU,
+            iter(batches),
+            iter(_full_batches(8, 64)),
+            sinks=[sinks[cut]],
+            show_progress=False,
+        )
+        params[cut] = [p.detach().clone() for p in trainable_parameters(result.model)]
+    keys = [k for k in sinks[False].rows[0][1] if k.startswith("train/")]
+    assert "train/ci_l0/linear1" in keys and "train/n_alive/linear1" in keys
+    for key in keys:
+        cut, full = sinks[True].series(key), sinks[False].series(key)
+        assert list(cut.values()) == pytest.approx(list(full.values()), rel=1e-5, abs=1e-7), key
+    for a, b in zip(params[True], params[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_last_step_is_logged_and_checkpointed_but_takes_no_optimiser_step(
     quick_tms_config: ConfigFactory, tms_target: TargetFactory, tmp_path: Path
 ) -> None:
