@@ -15,6 +15,7 @@ import argparse
 import torch
 from torch import Tensor
 
+from spd.ci_patterns import live_columns, nearest_axes
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.resid_mlp.resid_mlp_decomposition import CI_OFF, CI_ON, ONE_HOT_VALUE
 from spd.models.component_model import ComponentModel
@@ -54,8 +55,8 @@ def main() -> None:
         g = ci[name]
         V = model.components[name].V.detach()  # (neurons, C)
         readout = target.W_E @ model.target_weight(name)  # (features, neurons)
-        live = (g > CI_OFF).any(0).nonzero().squeeze(-1)
-        cos, neuron = (V.abs() / V.norm(dim=0, keepdim=True).clamp_min(1e-12)).max(0)
+        live = live_columns(g, CI_OFF).nonzero().squeeze(-1)
+        cos, neuron = nearest_axes(V)
         aligned = [c for c in live.tolist() if cos[c] >= 0.99]
         print(
             f"  live subcomponents: {live.numel()}, reading one neuron (|cos| >= 0.99): {len(aligned)}"

@@ -90,10 +90,16 @@ def n_axis_aligned(
     """How many of the chosen columns point along one input axis (|cos| ≥ `min_cos` with a
     basis vector), each axis counted once: for an MLP's output matrix, the subcomponents that
     read exactly one neuron."""
-    chosen = read_vectors[:, columns]
-    cos = chosen.abs() / chosen.norm(dim=0, keepdim=True).clamp_min(1e-12)
-    best, axis = cos.max(0)
+    best, axis = nearest_axes(read_vectors[:, columns])
     return int(axis[best >= min_cos].unique().numel())
+
+
+def nearest_axes(
+    read_vectors: Float[Tensor, "d_in C"],
+) -> tuple[Float[Tensor, " C"], Tensor]:
+    """For each column, the input axis it points along most closely and that |cos|."""
+    cos = read_vectors.abs() / read_vectors.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    return cos.max(0)
 
 
 def identity_errors(ci: Float[Tensor, "n_features C"], order: list[int], tolerance: float) -> int:
