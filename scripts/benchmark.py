@@ -25,11 +25,12 @@ import torch
 
 def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
     """Run inside the child process: time `steps` optimisation steps and two evaluations."""
-    from spd.config_loading import load_config
-    from spd.device import resolve_device
-    from spd.registry import get_experiment
-    from spd.run_spd import evaluate, optimize
-    from spd.target_loading import load_target_model
+    from spd.config.device import resolve_device
+    from spd.config.loading import load_config
+    from spd.eval.evaluate import evaluate
+    from spd.experiments.registry import get_experiment
+    from spd.loading.targets import load_target_model
+    from spd.train.optimize import optimize
 
     spec = get_experiment(experiment)
     full = load_config(spec.config_path)

@@ -42,12 +42,13 @@ def resident_mb() -> tuple[float, float]:
 
 def measure(experiment: str, steps: int, eval_every: int) -> dict[str, float | list[int]]:
     """Inside the child process: run `steps` steps of the experiment and time/sample each one."""
-    from spd.config_loading import load_config
+    from spd.config.loading import load_config
+    from spd.eval.evaluate import evaluate
     from spd.experiments.lm.lm_decomposition import make_data
     from spd.experiments.lm.sources import resolve_sources
-    from spd.registry import get_experiment
-    from spd.run_spd import evaluate, optimize
-    from spd.target_loading import load_target_model
+    from spd.experiments.registry import get_experiment
+    from spd.loading.targets import load_target_model
+    from spd.train.optimize import optimize
 
     full = resolve_sources(load_config(get_experiment(experiment).config_path))
     config = full.model_copy(

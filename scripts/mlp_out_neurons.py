@@ -15,7 +15,7 @@ import argparse
 import torch
 from torch import Tensor
 
-from spd.ci_patterns import live_columns, nearest_axes
+from spd.eval.ci_patterns import live_columns, nearest_axes
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.resid_mlp.resid_mlp_decomposition import CI_OFF, CI_ON, ONE_HOT_VALUE
 from spd.models.component_model import ComponentModel

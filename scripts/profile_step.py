@@ -17,11 +17,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from spd.config_loading import load_config
+from spd.config.loading import load_config
+from spd.experiments.registry import get_experiment
 from spd.experiments.run_decomposition import parse_override
-from spd.registry import get_experiment
-from spd.run_spd import optimize
-from spd.target_loading import load_target_model
+from spd.loading.targets import load_target_model
+from spd.train.optimize import optimize
 
 WAIT, WARMUP = 1, 2
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from spd.registry import get_experiment
+from spd.experiments.registry import get_experiment
 
 MMCS_MIN = 0.999
 ML2R_RANGE = (0.97, 1.04)

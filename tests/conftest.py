@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 import torch
 
-from spd.config_loading import load_config
-from spd.configs import Config
+from spd.config.loading import load_config
+from spd.config.schema import Config
 from spd.experiments.tms.models import TMSModel
 from tests.fixture_types import ConfigFactory, TargetFactory
 from tests.paths import TMS_5_2_CONFIG, TMS_TARGETS

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.experiments.tms.models import TMSModel
 
 ConfigFactory = Callable[..., Config]

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spd.checkpoints import read_checkpoint
-from spd.config_loading import load_config
-from spd.configs import Config
+from spd.config.loading import load_config
+from spd.config.schema import Config
+from spd.persistence.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TMS_SCRIPT = REPO / "spd" / "experiments" / "tms" / "tms_decomposition.py"

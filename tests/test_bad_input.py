@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from spd.checkpoints import latest_checkpoint
+from spd.persistence.checkpoints import latest_checkpoint
 from tests.resumable_runs import (
     REPO,
     TINY,

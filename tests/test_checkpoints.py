@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spd.checkpoints import latest_checkpoint, read_checkpoint
 from spd.errors import SPDUserError
 from spd.experiments.tms import tms_decomposition
 from spd.models.component_model import ComponentModel
-from spd.run_dir import RunDirectory
-from spd.run_spd import optimize
+from spd.persistence.checkpoints import latest_checkpoint, read_checkpoint
+from spd.persistence.run_dir import RunDirectory
+from spd.train.optimize import optimize
 from tests.fixture_types import ConfigFactory, TargetFactory
 from tests.paths import TMS_5_2_ID_CONFIG
 

@@ -7,9 +7,10 @@ import pydantic
 import pytest
 import yaml
 
-from spd.config_loading import apply_overrides, load_config, read_yaml, save_config
-from spd.configs import Config, TMSTaskConfig
+from spd.config.loading import apply_overrides, load_config, read_yaml
+from spd.config.schema import Config, TMSTaskConfig
 from spd.errors import SPDUserError
+from spd.persistence.run_dir import save_config
 from tests.paths import TMS_5_2_CONFIG, TMS_DIR
 
 

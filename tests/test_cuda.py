@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from spd.config_loading import load_config
-from spd.device import resolve_device
-from spd.models.component_model import ComponentModel
-from spd.run_spd import build_component_model
+from spd.config.device import resolve_device
+from spd.config.loading import load_config
+from spd.models.component_model import ComponentModel, build_component_model
 from tests.fixture_types import TargetFactory
 from tests.paths import TMS_5_2_ID_CONFIG
 from tests.tiny_runs import run_tiny_tms

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from spd.checkpoints import CHECKPOINT_GLOB, latest_checkpoint, read_checkpoint
+from spd.persistence.checkpoints import CHECKPOINT_GLOB, latest_checkpoint, read_checkpoint
 from tests.resumable_runs import REPO, script_env
 
 KEEP = 2
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 sys.path.insert(0, {str(REPO / "tests")!r})
 from tests.resumable_runs import tiny_config
-from spd.checkpoints import latest_checkpoint, save_checkpoint
-from spd.run_dir import RunDirectory
-from spd.run_spd import build_component_model
-from spd.target_loading import load_target_model
+from spd.persistence.checkpoints import latest_checkpoint, save_checkpoint
+from spd.persistence.run_dir import RunDirectory
+from spd.models.component_model import build_component_model
+from spd.loading.targets import load_target_model
 
 run_dir = RunDirectory(Path(sys.argv[1]))
 config = tiny_config(keep_last_checkpoints={KEEP}, steps=10**9)

@@ -21,23 +21,23 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from spd.config_loading import config_from_dict, load_config
-from spd.configs import Config, LMTaskConfig
+from spd.config.evaluators import registry
+from spd.config.loading import config_from_dict, load_config
+from spd.config.schema import Config, LMTaskConfig
 from spd.data.lm_data import lm_batches, load_tokenizer
 from spd.errors import SPDUserError
-from spd.eval_context import EvalContext
-from spd.evaluation_registry import registry
+from spd.eval.context import EvalContext
 from spd.experiments.lm import lm_decomposition
 from spd.experiments.lm.make_offline_example import EOS, TEXT_COLUMN, ExampleSpec, build_example
 from spd.experiments.lm.sources import EXAMPLE_DIRNAME, resolve_sources
+from spd.experiments.registry import EXPERIMENT_REGISTRY
 from spd.experiments.run_decomposition import run_decomposition
-from spd.hf_hub import HubResource, require_hub_resources
 from spd.launch.plan import LaunchSettings, plan_runs
-from spd.models.component_model import ComponentModel
+from spd.loading.hf_hub import HubResource, require_hub_resources
+from spd.loading.targets import load_target_model
+from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.components import MLPGates
-from spd.registry import EXPERIMENT_REGISTRY
-from spd.run_spd import build_component_model, optimize
-from spd.target_loading import load_target_model
+from spd.train.optimize import optimize
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from spd.configs import Config, TMSTaskConfig
-from spd.losses import (
+from spd.config.schema import Config, TMSTaskConfig
+from spd.losses.row_selection import select_rows
+from spd.losses.terms import (
     batch_loss,
     embedding_recon_loss,
     faithfulness_loss,
@@ -26,7 +27,6 @@ from spd.losses import (
     total_loss,
 )
 from spd.models.component_model import ComponentModel
-from spd.row_selection import select_rows
 from tests.toy_targets import TinyLM, TwoLinear
 
 X = torch.tensor([[1.0, 1.0]])
@@ -355,9 +355,9 @@ def test_embedding_recon_in_the_total_uses_the_full_terms_masks(
 
 
 def _sparse_tms() -> tuple[ComponentModel, Config, Tensor]:
-    from spd.config_loading import load_config
-    from spd.run_spd import build_component_model
-    from spd.target_loading import load_target_model
+    from spd.config.loading import load_config
+    from spd.loading.targets import load_target_model
+    from spd.models.component_model import build_component_model
     from tests.paths import TMS_5_2_ID_CONFIG
 
     terms = {"out_recon_coeff": 1.0, "recon_coeff": 1.0, "recon_layerwise_coeff": 1.0}

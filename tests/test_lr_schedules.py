@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from spd.configs import LRSchedule
-from spd.lr_schedules import lr_at_step, pnorm_at_step
+from spd.config.schema import LRSchedule
+from spd.train.schedules import lr_at_step, pnorm_at_step
 
 
 def test_constant() -> None:

@@ -13,13 +13,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from spd.configs import Config, MetricSpec
+from spd.config.evaluators import registry
+from spd.config.schema import Config, MetricSpec
 from spd.errors import SPDUserError
-from spd.eval_context import EvalBatch, EvalContext, diagonal_permutation
-from spd.evaluation_registry import registry
+from spd.eval.context import EvalBatch, EvalContext, diagonal_permutation
+from spd.eval.evaluate import evaluate
 from spd.experiments.tms.models import TMSModel, TMSModelConfig
-from spd.models.component_model import ComponentModel
-from spd.run_spd import build_component_model, evaluate, optimize
+from spd.models.component_model import ComponentModel, build_component_model
+from spd.train.optimize import optimize
 from tests.tiny_runs import tiny_tms_config
 
 C = 6

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spd.checkpoints import CHECKPOINT_GLOB, read_checkpoint
+from spd.persistence.checkpoints import CHECKPOINT_GLOB, read_checkpoint
 from tests.resumable_runs import REPO, TMS_CONFIG, override_args, run_tms
 
 SHIPPED_TARGET = REPO / "spd" / "experiments" / "tms" / "targets" / "tms_5-2"

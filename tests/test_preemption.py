@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from spd.checkpoints import latest_checkpoint
-from spd.preemption import PREEMPTED_EXIT_CODE
-from spd.run_dir import read_metrics
+from spd.persistence.checkpoints import latest_checkpoint
+from spd.persistence.preemption import PREEMPTED_EXIT_CODE
+from spd.persistence.run_dir import read_metrics
 from tests.resumable_runs import (
     TMS_CONFIG,
     TMS_SCRIPT,

@@ -2,9 +2,9 @@
 
 import pytest
 
-from spd.config_loading import load_config
+from spd.config.loading import load_config
 from spd.errors import SPDUserError
-from spd.registry import EXPERIMENT_REGISTRY, get_experiment
+from spd.experiments.registry import EXPERIMENT_REGISTRY, get_experiment
 from spd.scripts.run import selected_experiments
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from spd.errors import SPDUserError
-from spd.report import final_metric_values, latest_figures
-from spd.run_dir import read_metrics
+from spd.persistence.run_dir import read_metrics
 from spd.scripts.report import main as report_main
+from spd.tracking.report import final_metric_values, latest_figures
 from tests.tiny_runs import run_tiny_tms
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
-from spd.ci_patterns import (
+from spd.config.loading import load_config
+from spd.errors import SPDUserError
+from spd.eval.ci_patterns import (
     dedicated,
     dense_errors,
     group_by_patterns,
@@ -21,9 +23,8 @@ from spd.ci_patterns import (
     n_with_one_dedicated,
     n_with_sole_dedicated,
 )
-from spd.config_loading import load_config
-from spd.errors import SPDUserError
-from spd.eval_context import diagonal_permutation
+from spd.eval.context import diagonal_permutation
+from spd.experiments.registry import EXPERIMENT_REGISTRY
 from spd.experiments.resid_mlp.labels import (
     load_label_coeffs,
     residual_relu_labels,
@@ -35,7 +36,6 @@ from spd.experiments.resid_mlp.plots import (
     target_neuron_contributions,
 )
 from spd.models.component_model import ComponentModel
-from spd.registry import EXPERIMENT_REGISTRY
 
 REPO = Path(__file__).resolve().parent.parent
 RESID_MLP = REPO / "spd" / "experiments" / "resid_mlp"

@@ -8,19 +8,19 @@ import pytest
 import torch
 from torch import Tensor
 
-from spd.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
-from spd.configs import Config
+from spd.config.device import resolve_device
+from spd.config.schema import Config
 from spd.data import sparse_features
 from spd.data.sparse_features import SparseFeatureData
 from spd.data.stream_state import TrackedStream
-from spd.device import resolve_device
 from spd.errors import SPDUserError
 from spd.experiments.tms.tms_decomposition import make_data
-from spd.models.component_model import ComponentModel
-from spd.rng_state import capture_rng_state, restore_rng_state
-from spd.run_dir import RunDirectory, read_metrics
-from spd.run_spd import OptimizeResult, build_component_model, optimize
-from spd.target_loading import load_target_model
+from spd.loading.targets import load_target_model
+from spd.models.component_model import ComponentModel, build_component_model
+from spd.persistence.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
+from spd.persistence.rng_state import capture_rng_state, restore_rng_state
+from spd.persistence.run_dir import RunDirectory, read_metrics
+from spd.train.optimize import OptimizeResult, optimize
 from tests.resumable_runs import assert_bitwise_equal, decomposition_tensors, tiny_config
 
 # Exercises everything that depends on the step or on random state: warm-up and cosine

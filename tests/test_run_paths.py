@@ -14,10 +14,9 @@ import pytest
 import torch
 import wandb
 
-from spd import wandb_tracking
 from spd.errors import SPDUserError
-from spd.models.component_model import ComponentModel
-from spd.run_paths import (
+from spd.loading import env_files
+from spd.loading.run_paths import (
     COMPLETE_MARKER,
     REPO_ROOT,
     WandbRunRef,
@@ -25,7 +24,8 @@ from spd.run_paths import (
     parse_wandb_path,
     resolve_run_path,
 )
-from spd.target_loading import load_target_model
+from spd.loading.targets import load_target_model
+from spd.models.component_model import ComponentModel
 from tests.tiny_runs import run_tiny_tms, tiny_tms_config
 
 
@@ -71,7 +71,7 @@ def fake_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[FakeApi]:
 
 
 def run_dir_files(run_dir: Path) -> list[FakeFile]:
-    """What a finished run uploads (see spd/wandb_tracking.py), plus W&B's own files."""
+    """What a finished run uploads (see spd/tracking/wandb_sink.py), plus W&B's own files."""
     files = [
         FakeFile(p.relative_to(run_dir).as_posix(), p) for p in run_dir.rglob("*") if p.is_file()
     ]
@@ -213,7 +213,7 @@ def test_download_takes_the_api_key_from_a_dotenv_file(
     monkeypatch.setenv("WANDB_API_KEY", "")
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(wandb_tracking, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(env_files, "REPO_ROOT", tmp_path)
     (tmp_path / ".env").write_text("WANDB_API_KEY=key-from-dotenv\n")
     keys_seen: list[str | None] = []
 

@@ -8,14 +8,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from spd.config_loading import load_config
-from spd.configs import Config
+from spd.config.loading import load_config
+from spd.config.schema import Config
 from spd.experiments.run_decomposition import run_decomposition
 from spd.experiments.tms import tms_decomposition
 from spd.experiments.tms.models import TMSModel
 from spd.models.component_model import DecomposedModule
-from spd.run_dir import RunDirectory, read_metrics
-from spd.run_spd import optimize, trainable_parameters
+from spd.persistence.run_dir import RunDirectory, read_metrics
+from spd.train.optimize import optimize, trainable_parameters
 from tests.fixture_types import ConfigFactory, TargetFactory
 
 CPU = torch.device("cpu")
@@ -117,7 +117,7 @@ def test_cutting_sparse_batches_to_their_live_rows_changes_no_logged_value(
     quick_tms_config: ConfigFactory, tms_target: TargetFactory
 ) -> None:
     # Deterministic terms only, so the two paths see the same losses; the CI-L0 and alive counts
-    # must weight the one kept inert row by the number it stands for (spd.row_selection).
+    # must weight the one kept inert row by the number it stands for (spd.losses.row_selection).
     config = quick_tms_config(
         stochastic_recon_coeff=None,
         stochastic_recon_layerwise_coeff=None,
@@ -241,7 +241,9 @@ def test_a_new_run_never_reuses_a_directory(
     quick_tms_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path))
-    monkeypatch.setattr("spd.run_dir.time.strftime", lambda _fmt: "20250101-000000")  # same second
+    monkeypatch.setattr(
+        "spd.persistence.run_dir.time.strftime", lambda _fmt: "20250101-000000"
+    )  # same second
     config = quick_tms_config(steps=2, run_name="same")
     first = run_decomposition(
         config, "tms", tms_decomposition.make_data, tms_decomposition.summarize, show_progress=False

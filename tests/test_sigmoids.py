@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from spd.configs import SigmoidType
+from spd.config.schema import SigmoidType
 from spd.models.sigmoids import (
     get_sigmoids,
     hard_sigmoid,

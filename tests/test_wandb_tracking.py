@@ -23,11 +23,12 @@ import yaml
 # A generated protobuf module without type stubs.
 from wandb.proto.wandb_internal_pb2 import Record  # pyright: ignore[reportAttributeAccessIssue]
 
-from spd import wandb_tracking
+from spd.experiments.registry import get_experiment
+from spd.loading import env_files
+from spd.loading.run_paths import REPO_ROOT
 from spd.models.component_model import ComponentModel
-from spd.registry import get_experiment
-from spd.run_dir import read_metrics
-from spd.run_paths import REPO_ROOT
+from spd.persistence.run_dir import read_metrics
+from spd.tracking import wandb_sink as wandb_tracking
 from tests.tiny_runs import TINY_CLI_OVERRIDES, run_tiny_tms, tiny_tms_config
 
 FAKE_KEY = "spdtestkey_" + "0123456789abcdef" * 2 + "_notreal"
@@ -260,7 +261,7 @@ def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(wandb_tracking, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(env_files, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(wandb_tracking, "_told_local_only", False)
     monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path / "out"))
 
@@ -287,13 +288,13 @@ def test_credentials_come_from_a_dotenv_file_and_environment_wins(
     assert wandb_tracking.tracking_mode() == "local"
     (tmp_path / ".env").write_text(f"WANDB_API_KEY={FAKE_KEY}\nWANDB_MODE=offline\n")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    wandb_tracking.load_env_files()
+    env_files.load_env_files()
     assert os.environ["WANDB_API_KEY"] == FAKE_KEY
     assert (
         wandb_tracking.tracking_mode() == "local"
     )  # WANDB_MODE=disabled from the environment kept
     monkeypatch.delenv("WANDB_MODE")
-    wandb_tracking.load_env_files()
+    env_files.load_env_files()
     assert wandb_tracking.tracking_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "online")
     assert wandb_tracking.tracking_mode() == "online"

@@ -2,11 +2,11 @@
 
 from typing import Any
 
-from spd.config_loading import load_config
-from spd.configs import Config
+from spd.config.loading import load_config
+from spd.config.schema import Config
+from spd.experiments.registry import get_experiment
 from spd.experiments.run_decomposition import DecompositionRun, run_decomposition
 from spd.experiments.tms.tms_decomposition import make_data, summarize
-from spd.registry import get_experiment
 
 TINY_OVERRIDES: dict[str, Any] = {
     "steps": 20,

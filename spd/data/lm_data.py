@@ -23,9 +23,9 @@ from jaxtyping import Int
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from spd.configs import LMTaskConfig
+from spd.config.schema import LMTaskConfig
 from spd.errors import SPDUserError
-from spd.hf_hub import fetch_guard
+from spd.loading.hf_hub import fetch_guard
 
 TOKENIZE_CHUNK = 64  # documents per tokenizer call: large enough for the fast tokenizer's batching
 LOAD_BLOCK = 1024  # documents read from a map-style dataset at a time

@@ -1,1 +1,6 @@
-"""The registered experiments: their targets, training scripts, configs and decomposition scripts."""
+"""Stage 10, the registered experiments (`registry`), the shared decomposition script body
+(`run_decomposition`) and each experiment's targets, training script, configs, decomposition
+script and plots (`tms/`, `resid_mlp/`, `lm/`).
+
+May import: every stage up to `spd.tracking`.
+"""

@@ -9,7 +9,7 @@ results are.
     script.py CONFIG --run-dir DIR            a run in DIR, continued if DIR already holds one
 
 Exit codes: 0 finished; 2 a user error or a non-finite loss (one line on stderr); 75 stopped on
-SIGTERM/SIGUSR1 after checkpointing (`spd.preemption`); 130 interrupted.
+SIGTERM/SIGUSR1 after checkpointing (`spd.persistence.preemption`); 130 interrupted.
 """
 
 import argparse
@@ -24,21 +24,21 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from spd import distributed
-from spd.atomic_files import atomic_write_text
-from spd.checkpoints import CHECKPOINT_GLOB, latest_checkpoint
-from spd.config_loading import load_config
-from spd.configs import Config
-from spd.device import resolve_device
+from spd.config.device import resolve_device
+from spd.config.loading import load_config
+from spd.config.schema import Config
 from spd.errors import OneLineArgumentParser, SPDUserError
+from spd.loading.targets import load_target_model
 from spd.models.component_model import match_module_names
-from spd.preemption import StopOnSignal, exit_preempted
-from spd.report import write_run_report
-from spd.resume import check_run_directory, find_resume_point
-from spd.run_dir import CONFIG_FILE, RunDirectory, output_root
-from spd.run_spd import OptimizeResult, optimize
-from spd.target_loading import load_target_model
-from spd.wandb_tracking import wandb_tracking
+from spd.persistence.atomic_files import atomic_write_text
+from spd.persistence.checkpoints import CHECKPOINT_GLOB, latest_checkpoint
+from spd.persistence.preemption import StopOnSignal, exit_preempted
+from spd.persistence.resume import check_run_directory, find_resume_point
+from spd.persistence.run_dir import CONFIG_FILE, RunDirectory, output_root
+from spd.tracking.report import write_run_report
+from spd.tracking.wandb_sink import wandb_tracking
+from spd.train import distributed
+from spd.train.optimize import OptimizeResult, optimize
 
 DataFactory = Callable[[Config, nn.Module, torch.device], tuple[Iterator[Tensor], Iterator[Tensor]]]
 SummaryFn = Callable[[OptimizeResult], dict[str, float]]
@@ -138,9 +138,9 @@ def run_decomposition(
 
     `resume` continues the run in that directory; `run_dir_path` starts one there instead of in a
     new timestamped directory. On SIGTERM/SIGUSR1 the run checkpoints and exits with code 75.
-    The run is tracked on W&B when the config sets `wandb_project` (see spd/wandb_tracking.py);
+    The run is tracked on W&B when the config sets `wandb_project` (see spd/tracking/wandb_sink.py);
     either way the run directory gets a report.html at the end (also after a failure).
-    Under `torchrun` every rank trains (see `spd.distributed`); only rank 0 writes the run directory.
+    Under `torchrun` every rank trains (see `spd.train.distributed`); only rank 0 writes the run directory.
     """
     summary: dict[str, float] = {}
     with StopOnSignal() as stop:

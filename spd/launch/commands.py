@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
+from spd.experiments.registry import get_experiment
 from spd.launch.plan import PlannedRun
-from spd.registry import get_experiment
 
 
 def yaml_value(value: Any) -> str:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spd.config_loading import load_config
-from spd.configs import Config
+from spd.config.loading import load_config
+from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.experiments.lm.sources import local_source_overrides
+from spd.experiments.registry import get_experiment
 from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
-from spd.registry import get_experiment
-from spd.run_dir import output_root
+from spd.persistence.run_dir import output_root
 
 # The W&B fields of `Config` the launcher fills in with --use-wandb (runs of one launch share a
 # group: the launch id).

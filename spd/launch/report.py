@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from spd.errors import SPDUserError, run_cli
-from spd.run_dir import read_metrics
+from spd.persistence.run_dir import read_metrics
 
 MANIFEST = "launch.json"
 REPORT = "report.html"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spd.errors import SPDUserError
-from spd.preemption import PREEMPTED_EXIT_CODE
+from spd.persistence.preemption import PREEMPTED_EXIT_CODE
 
 LOG_DIR_ENV = "SPD_SLURM_LOG_DIR"
 DEFAULT_LOG_DIR = "~/slurm_logs"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spd.config_loading import read_yaml
+from spd.config.loading import read_yaml
 from spd.errors import SPDUserError
 
 GLOBAL_BLOCK = "global"

@@ -1,1 +1,6 @@
-"""The decomposed model: sigmoids, components, causal-importance functions, the wrapper."""
+"""Stage 5, the decomposed model: components and CI functions (`components`, `scalar_mlp`),
+sigmoids (`sigmoids`) and the `ComponentModel` wrapper with its builder and `from_pretrained`
+(`component_model`).
+
+May import: `spd.errors`, `spd.config`, `spd.loading`, `spd.persistence`, `spd.data`.
+"""

@@ -19,10 +19,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from spd.configs import GateType, SigmoidType
+from spd.config.loading import config_from_dict
+from spd.config.schema import Config, GateType, SigmoidType
 from spd.errors import SPDUserError
+from spd.loading.run_paths import resolve_run_path
+from spd.loading.targets import load_target_model
 from spd.models.components import Components, EmbeddingComponents, MLPGates, VectorMLPGates
 from spd.models.sigmoids import get_sigmoids
+from spd.persistence.checkpoints import latest_checkpoint, read_checkpoint
 
 GPT2_CONV1D = "transformers.pytorch_utils.Conv1D"
 SUPPORTED_KINDS = "torch.nn.Linear, torch.nn.Embedding, transformers' GPT-2 Conv1D"
@@ -263,10 +267,38 @@ class ComponentModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ComponentModel":
         """Load a trained decomposition from a run directory, a checkpoint file inside one, or a
-        W&B run `wandb:<entity>/<project>/runs/<id>` (downloaded once, then cached)."""
-        from spd.checkpoints import load_component_model
+        W&B run `wandb:<entity>/<project>/runs/<id>` (downloaded once, then cached).
 
-        return load_component_model(path)
+        The target is rebuilt from the checkpoint's config; the model is returned in eval mode.
+        """
+        resolved = resolve_run_path(path)
+        if resolved is None:
+            raise SPDUserError(f"no such run directory or checkpoint: {path}")
+        file = latest_checkpoint(resolved) if resolved.is_dir() else resolved
+        data = read_checkpoint(file)
+        config = config_from_dict(data["config"], source=str(file))
+        model = build_component_model(load_target_model(config), config)
+        try:
+            model.load_decomposition_state(data["decomposition"])
+        except (RuntimeError, KeyError) as err:
+            raise SPDUserError(
+                f"{file} does not match its config's architecture: {err}".split("\n")[0]
+            ) from None
+        model.eval()
+        return model
+
+
+def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
+    """Wrap `target` as the config says (patterns, C, CI functions, tied weights)."""
+    return ComponentModel(
+        target,
+        target_module_patterns=config.target_module_patterns,
+        C=config.C,
+        gate_type=config.gate_type,
+        gate_hidden_dims=config.gate_hidden_dims,
+        output_attr=config.pretrained_model_output_attr,
+        tied_weights=config.tied_weights,
+    )
 
 
 def _key(name: str) -> str:

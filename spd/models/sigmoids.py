@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spd.configs import SigmoidType
+from spd.config.schema import SigmoidType
 
 LEAK = 0.01
 

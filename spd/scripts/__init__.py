@@ -1,1 +1,4 @@
-"""Command-line entry points (`spd-run`)."""
+"""Stage 12, the console scripts: `spd-run` (`run`) and `spd-report` (`report`).
+
+May import: every stage.
+"""

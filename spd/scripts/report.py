@@ -10,9 +10,9 @@ each run's latest figures (embedded), and links each run's own report.html.
 import argparse
 from pathlib import Path
 
-from spd.atomic_files import atomic_write_text
 from spd.errors import SPDUserError, run_cli
-from spd.report import is_run_directory, read_run, render_summary
+from spd.persistence.atomic_files import atomic_write_text
+from spd.tracking.report import is_run_directory, read_run, render_summary
 
 
 def build_parser() -> argparse.ArgumentParser:

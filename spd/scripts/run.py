@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from spd.config_loading import read_yaml
+from spd.config.loading import read_yaml
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
+from spd.experiments.registry import EXPERIMENT_REGISTRY, get_experiment
 from spd.experiments.run_decomposition import parse_override
 from spd.launch import git_snapshot, slurm
 from spd.launch.commands import run_command
 from spd.launch.plan import LaunchSettings, PlannedRun, new_launch_id, plan_runs
 from spd.launch.report import build_report, write_manifest
 from spd.launch.sweeps import DEFAULT_SWEEP_FILE, load_sweep
-from spd.registry import EXPERIMENT_REGISTRY, get_experiment
-from spd.run_paths import REPO_ROOT
+from spd.loading.run_paths import REPO_ROOT
 
 SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 MAX_GPUS_ENV = "SPD_MAX_GPUS_PER_NODE"
@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resume_command(run_dir: Path, overrides: list[str], cpu: bool, no_progress: bool) -> list[str]:
     """The command line that continues the run in `run_dir` with its experiment's script."""
     # Imported here: they pull in torch, which spd-run itself does not otherwise need.
-    from spd.resume import check_run_directory
-    from spd.run_dir import CONFIG_FILE
+    from spd.persistence.resume import check_run_directory
+    from spd.persistence.run_dir import CONFIG_FILE
 
     check_run_directory(run_dir)
     task_config = read_yaml(run_dir / CONFIG_FILE).get("task_config")

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from spd import distributed, losses
-from spd.config_loading import config_from_dict
-from spd.configs import Config
+from spd.config.loading import config_from_dict
+from spd.config.schema import Config
 from spd.experiments.run_decomposition import run_decomposition
-from spd.run_paths import REPO_ROOT
+from spd.loading.run_paths import REPO_ROOT
+from spd.losses import terms as losses
+from spd.train import distributed
 
 GLOBAL_BATCH = 64
 N_FEATURES = 5

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from slurm_cluster import SlurmCluster
 
-from spd.run_paths import REPO_ROOT
+from spd.loading.run_paths import REPO_ROOT
 
 
 def git(repo: Path, *args: str) -> str:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from launch_helpers import spd_run, spd_run_env
 
-from spd.config_loading import load_config
+from spd.config.loading import load_config
+from spd.experiments.registry import get_experiment
 from spd.experiments.tms.tms_decomposition import make_data
-from spd.registry import get_experiment
-from spd.run_dir import read_metrics
-from spd.target_loading import load_target_model
+from spd.loading.targets import load_target_model
+from spd.persistence.run_dir import read_metrics
 
 WORKER = Path(__file__).with_name("dp_worker.py")
 

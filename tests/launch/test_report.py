@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from spd.config_loading import load_config
+from spd.config.loading import load_config
 from spd.errors import SPDUserError
+from spd.experiments.registry import get_experiment
 from spd.launch.report import build_report, write_manifest
-from spd.registry import get_experiment
-from spd.run_dir import RunDirectory
+from spd.persistence.run_dir import RunDirectory
 
 
 def test_report_lists_every_run_with_its_final_numbers(tmp_path: Path) -> None:

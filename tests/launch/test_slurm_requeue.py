@@ -9,7 +9,7 @@ import pytest
 from launch_helpers import spd_run, spd_run_env
 from slurm_cluster import SlurmCluster
 
-from spd.run_dir import read_metrics
+from spd.persistence.run_dir import read_metrics
 
 STEPS = 3000
 

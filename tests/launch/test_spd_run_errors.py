@@ -7,7 +7,7 @@ from launch_helpers import spd_run, spd_run_env
 from slurm_cluster import SlurmCluster
 
 from spd.errors import SPDUserError
-from spd.registry import EXPERIMENT_REGISTRY
+from spd.experiments.registry import EXPERIMENT_REGISTRY
 from spd.scripts.run import main
 
 BAD_VALUE_SWEEP = "global:\n  lr: {values: [0.01, -1]}\n"

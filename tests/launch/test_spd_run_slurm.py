@@ -8,7 +8,7 @@ import yaml
 from launch_helpers import git, spd_run, spd_run_env
 from slurm_cluster import SlurmCluster
 
-from spd.run_dir import read_metrics
+from spd.persistence.run_dir import read_metrics
 
 TINY = [
     "--override", "steps=4",

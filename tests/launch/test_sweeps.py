@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from spd.errors import SPDUserError
+from spd.experiments.registry import EXPERIMENT_REGISTRY
 from spd.launch.commands import run_command, yaml_value
 from spd.launch.plan import LaunchSettings, plan_runs
 from spd.launch.sweeps import expand_grid, load_sweep, run_label, unique_names
-from spd.registry import EXPERIMENT_REGISTRY
 
 KNOWN = list(EXPERIMENT_REGISTRY)
 
@@ -145,7 +145,7 @@ def test_override_values_round_trip(value: object) -> None:
 
 
 def test_run_command_points_into_the_given_tree(tmp_path: Path) -> None:
-    from spd.run_paths import REPO_ROOT
+    from spd.loading.run_paths import REPO_ROOT
 
     (run,) = plan_runs(["tms_5-2"], {}, None, LaunchSettings(launch_id="L"))
     cmd = run_command(run, REPO_ROOT, tmp_path / "tree", dp=2, no_progress=True)

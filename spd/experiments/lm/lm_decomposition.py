@@ -19,12 +19,12 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from spd.configs import Config, LMTaskConfig
+from spd.config.schema import Config, LMTaskConfig
 from spd.data.lm_data import lm_batches, load_tokenizer
 from spd.errors import SPDUserError, run_cli
 from spd.experiments.lm.sources import resolve_sources
 from spd.experiments.run_decomposition import parse_args, run_decomposition
-from spd.run_spd import OptimizeResult
+from spd.train.optimize import OptimizeResult
 
 EVAL_SEED_OFFSET = 1_000_003
 SUMMARY_PREFIXES = ("eval/ce_kl/", "eval/ci_l0/")

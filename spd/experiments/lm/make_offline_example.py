@@ -26,12 +26,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from spd.configs import LMTaskConfig
+from spd.config.schema import LMTaskConfig
 from spd.data.lm_data import lm_batches
 from spd.errors import SPDUserError, run_cli
 from spd.experiments.lm.sources import default_example_dir
 from spd.experiments.lm.story_corpus import story_corpus
-from spd.lr_schedules import lr_at_step
+from spd.train.schedules import lr_at_step
 
 EOS = "<|endoftext|>"
 TEXT_COLUMN = "story"

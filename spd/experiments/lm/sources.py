@@ -11,12 +11,12 @@ before anything is loaded.
 
 from pathlib import Path
 
-from spd.configs import Config, LMTaskConfig
+from spd.config.schema import Config, LMTaskConfig
 from spd.data.lm_data import FILE_FORMAT_BUILDERS
 from spd.errors import SPDUserError
-from spd.hf_hub import HubResource, ResourceKind, require_hub_resources
-from spd.run_dir import output_root
-from spd.run_paths import REPO_ROOT
+from spd.loading.hf_hub import HubResource, ResourceKind, require_hub_resources
+from spd.loading.run_paths import REPO_ROOT
+from spd.persistence.run_dir import output_root
 
 EXAMPLE_DIRNAME = "lm_offline_example"
 EXAMPLE_BUILD_COMMAND = "python spd/experiments/lm/make_offline_example.py"

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from spd.atomic_files import atomic_write_text
+from spd.persistence.atomic_files import atomic_write_text
 
 LABEL_COEFFS_FILE = "label_coeffs.json"
 

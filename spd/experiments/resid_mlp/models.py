@@ -16,8 +16,8 @@ from jaxtyping import Float
 from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
-from spd.atomic_files import atomic_torch_save, atomic_write_text
-from spd.configs import StrictModel
+from spd.config.schema import StrictModel
+from spd.persistence.atomic_files import atomic_torch_save, atomic_write_text
 
 
 class ResidMLPModelConfig(StrictModel):
@@ -55,7 +55,7 @@ class ResidMLP(nn.Module):
     """Residual MLP of `n_layers` blocks over a fixed embedding (see the module docstring)."""
 
     # Each batch row is processed on its own: SPD may skip rows that cannot change a loss
-    # (spd.row_selection).
+    # (spd.losses.row_selection).
     independent_rows = True
 
     TRAIN_HINT = "train it with: python spd/experiments/resid_mlp/train_resid_mlp.py --experiment resid_mlpN (N = 1, 2, 3)"

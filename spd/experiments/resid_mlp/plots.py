@@ -23,9 +23,9 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from spd.ci_patterns import group_by_patterns
-from spd.eval_context import EvalContext, diagonal_permutation
-from spd.evaluation_registry import register_figure
+from spd.config.evaluators import register_figure
+from spd.eval.ci_patterns import group_by_patterns
+from spd.eval.context import EvalContext, diagonal_permutation
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.models.component_model import ComponentModel, DecomposedModule
 

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from spd.atomic_files import atomic_write_text
-from spd.ci_patterns import (
+from spd.config.schema import Config, ResidMLPTaskConfig
+from spd.data.sparse_features import SparseFeatureData
+from spd.errors import SPDUserError, run_cli
+from spd.eval.ci_patterns import (
     dense_errors,
     group_by_patterns,
     identity_errors,
@@ -33,14 +35,12 @@ from spd.ci_patterns import (
     n_with_one_dedicated,
     n_with_sole_dedicated,
 )
-from spd.configs import Config, ResidMLPTaskConfig
-from spd.data.sparse_features import SparseFeatureData
-from spd.errors import SPDUserError, run_cli
-from spd.eval_context import diagonal_permutation
+from spd.eval.context import diagonal_permutation
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.run_decomposition import parse_args, run_decomposition
 from spd.models.component_model import ComponentModel
-from spd.run_spd import OptimizeResult
+from spd.persistence.atomic_files import atomic_write_text
+from spd.train.optimize import OptimizeResult
 
 EVAL_SEED_OFFSET = 1_000_003
 VALUE_RANGE = (-1.0, 1.0)

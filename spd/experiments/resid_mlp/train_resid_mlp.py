@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from tqdm import tqdm
 
-from spd.configs import Probability, StrictModel
+from spd.config.schema import Probability, StrictModel
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import run_cli
 from spd.experiments.resid_mlp.labels import residual_relu_labels, save_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
-from spd.lr_schedules import lr_at_step
+from spd.train.schedules import lr_at_step
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 VALUE_RANGE = (-1.0, 1.0)

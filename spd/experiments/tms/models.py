@@ -10,7 +10,7 @@ from pydantic import PositiveInt
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from spd.configs import StrictModel
+from spd.config.schema import StrictModel
 
 
 class TMSModelConfig(StrictModel):
@@ -43,7 +43,7 @@ class TMSModel(nn.Module):
     """
 
     # Each batch row is processed on its own: SPD may skip rows that cannot change a loss
-    # (spd.row_selection).
+    # (spd.losses.row_selection).
     independent_rows = True
 
     TRAIN_HINT = "train it with: python spd/experiments/tms/train_tms.py --experiment tms_5-2"

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from spd import distributed
-from spd.configs import Config, TMSTaskConfig
+from spd.config.schema import Config, TMSTaskConfig
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import SPDUserError, run_cli
+from spd.eval.metrics import large_subcomponent_counts, mmcs_ml2r
 from spd.experiments.run_decomposition import parse_args, run_decomposition
-from spd.metrics import large_subcomponent_counts, mmcs_ml2r
-from spd.run_spd import OptimizeResult
+from spd.train import distributed
+from spd.train.optimize import OptimizeResult
 
 EVAL_SEED_OFFSET = 1_000_003
 

@@ -15,7 +15,7 @@ import torch
 from pydantic import PositiveFloat, PositiveInt
 from tqdm import tqdm
 
-from spd.configs import StrictModel
+from spd.config.schema import StrictModel
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import SPDUserError, run_cli
 from spd.experiments.tms.models import TMSModel, TMSModelConfig

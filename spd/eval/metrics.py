@@ -6,7 +6,8 @@ Add one: write `fn(ctx: EvalContext, **params) -> dict[str, float]` here and dec
 
 import torch
 
-from spd.ci_patterns import (
+from spd.config.evaluators import register_metric
+from spd.eval.ci_patterns import (
     dense_errors,
     group_by_patterns,
     identity_errors,
@@ -14,8 +15,7 @@ from spd.ci_patterns import (
     n_with_one_dedicated,
     n_with_sole_dedicated,
 )
-from spd.eval_context import EvalContext, diagonal_permutation
-from spd.evaluation_registry import register_metric
+from spd.eval.context import EvalContext, diagonal_permutation
 from spd.models.component_model import ComponentModel
 
 
@@ -99,7 +99,7 @@ def identity_ci_error(
     permuted CI matrix should be the identity (zeros elsewhere). `dense_layers` maps a pattern to
     k: every feature should use the same k subcomponents (k columns of ones, zeros elsewhere).
     All layers one pattern matches are scored as one matrix, their columns side by side (see
-    `spd.ci_patterns`); results are keyed by pattern.
+    `spd.eval.ci_patterns`); results are keyed by pattern.
     """
     ci = ctx.one_hot_ci(input_value)
     results: dict[str, float] = {}

@@ -7,7 +7,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.errors import SPDUserError
 
 
@@ -111,8 +111,6 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Co
     return config_from_dict(data, source=str(path))
 
 
-def save_config(config: Config, path: Path) -> None:
-    """Write a config as YAML (the exact form `load_config` reads back)."""
-    from spd.atomic_files import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def config_to_yaml(config: Config) -> str:
+    """A config as YAML text, in the exact form `load_config` reads back."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -17,10 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import spd
 from spd.errors import SPDUserError
+from spd.loading.env_files import REPO_ROOT, load_env_files
 
-REPO_ROOT = Path(spd.__file__).resolve().parent.parent
 WANDB_PREFIX = "wandb:"
 CACHE_ENV = "SPD_CACHE_DIR"
 DEFAULT_CACHE = "~/.cache/spd"
@@ -95,8 +94,6 @@ def download_wandb_run(ref: WandbRunRef) -> Path:
     if (target / COMPLETE_MARKER).is_file():
         return target
     import wandb  # only needed on a cache miss; importing wandb takes a while
-
-    from spd.wandb_tracking import load_env_files
 
     load_env_files()  # the API key may come from a `.env` file
     try:

@@ -2,18 +2,15 @@
 
 A metric is a function `fn(ctx: EvalContext, **params) -> dict[str, float]`; a figure is
 `fn(ctx: EvalContext, **params) -> dict[str, matplotlib.figure.Figure]`. Register one with
-`@register_metric("name")` / `@register_figure("name")` in `spd/metrics.py` / `spd/figures.py`;
+`@register_metric("name")` / `@register_figure("name")` in `spd/eval/metrics.py` / `spd/eval/figures.py`;
 `slow=True` runs it every `slow_eval_freq` steps instead of every `eval_freq`.
 """
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from spd.configs import MetricSpec
+from typing import Any, Literal
 
 Kind = Literal["metric", "figure"]
 
@@ -31,9 +28,9 @@ _REGISTRIES: dict[Kind, dict[str, Evaluator]] = {"metric": {}, "figure": {}}
 # Modules whose import registers evaluators; experiment-specific figures live with their
 # experiment but must be known whenever a config is validated.
 BUILTIN_MODULES = (
-    "spd.metrics",
-    "spd.figures",
-    "spd.lm_metrics",
+    "spd.eval.metrics",
+    "spd.eval.figures",
+    "spd.eval.lm_metrics",
     "spd.experiments.resid_mlp.plots",
 )
 
@@ -70,16 +67,16 @@ def registry(kind: Kind) -> dict[str, Evaluator]:
     return _REGISTRIES[kind]
 
 
-def validate_specs(specs: Iterable["MetricSpec"], kind: Kind) -> None:
-    """Raise ValueError for an unknown name or a parameter the evaluator does not take."""
+def validate_specs(specs: Iterable[tuple[str, Mapping[str, Any]]], kind: Kind) -> None:
+    """Raise ValueError for an unknown `(name, params)` or a parameter the evaluator does not take."""
     known = registry(kind)
-    for spec in specs:
-        if spec.name not in known:
-            raise ValueError(f"unknown {kind} '{spec.name}'; available: {', '.join(sorted(known))}")
-        accepted = known[spec.name].params
-        extra = sorted(set(spec.params) - set(accepted))
+    for name, params in specs:
+        if name not in known:
+            raise ValueError(f"unknown {kind} '{name}'; available: {', '.join(sorted(known))}")
+        accepted = known[name].params
+        extra = sorted(set(params) - set(accepted))
         if extra:
             raise ValueError(
-                f"{kind} '{spec.name}' takes no parameter {', '.join(repr(e) for e in extra)}; "
+                f"{kind} '{name}' takes no parameter {', '.join(repr(e) for e in extra)}; "
                 f"it takes: {', '.join(accepted) or 'none'}"
             )

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from spd.atomic_files import atomic_write_text
 from spd.errors import SPDUserError
-from spd.run_dir import read_metrics
+from spd.persistence.atomic_files import atomic_write_text
+from spd.persistence.run_dir import read_metrics
 
 REPORT_NAME = "report.html"
 _FIGURE_FILE = re.compile(r"^(?P<name>.+)_(?P<step>\d+)\.png$")

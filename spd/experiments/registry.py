@@ -5,7 +5,7 @@ from pathlib import Path
 
 from spd.errors import SPDUserError
 
-EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
+EXPERIMENTS_DIR = Path(__file__).parent
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from spd.atomic_files import atomic_write_text
-from spd.config_loading import save_config
-from spd.configs import Config
+from spd.config.loading import config_to_yaml
+from spd.config.schema import Config
+from spd.persistence.atomic_files import atomic_write_text
 
 OUT_DIR_ENV = "SPD_OUT_DIR"
 DEFAULT_ROOT = "spd_out"
@@ -27,6 +27,11 @@ CONFIG_FILE = "final_config.yaml"
 def output_root(configured: str | None) -> Path:
     """SPD_OUT_DIR if set, else the config's `out_dir`, else ./spd_out."""
     return Path(os.environ.get(OUT_DIR_ENV) or configured or DEFAULT_ROOT).expanduser()
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write a config as YAML (the exact form `load_config` reads back)."""
+    atomic_write_text(path, config_to_yaml(config))
 
 
 class RunDirectory:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from spd.eval_context import EvalContext, diagonal_permutation
-from spd.evaluation_registry import register_figure
+from spd.config.evaluators import register_figure
+from spd.eval.context import EvalContext, diagonal_permutation
 
 
 def _heatmap(

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spd.checkpoints import latest_checkpoint, read_checkpoint
-from spd.config_loading import config_from_dict
-from spd.configs import Config
+from spd.config.loading import config_from_dict
+from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.run_dir import CONFIG_FILE, RunDirectory
+from spd.persistence.checkpoints import latest_checkpoint, read_checkpoint
+from spd.persistence.run_dir import CONFIG_FILE, RunDirectory
 
 RESUMABLE_FIELDS = frozenset(
     {
@@ -90,7 +90,7 @@ def check_resumable(saved: Config, new: Config, source: Path) -> None:
     if changed:
         raise SPDUserError(
             f"cannot resume from {source}: the config changes {', '.join(changed)}; a resumed run "
-            "may change only steps, the lr schedule and bookkeeping (spd.resume.RESUMABLE_FIELDS)"
+            "may change only steps, the lr schedule and bookkeeping (spd.persistence.resume.RESUMABLE_FIELDS)"
         )
 
 

@@ -13,6 +13,8 @@ from pydantic import (
     model_validator,
 )
 
+from spd.config.evaluators import validate_specs
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 OptionalCoeff = NonNegativeFloat | None
@@ -165,7 +167,7 @@ class Config(StrictModel):
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name="ci_l0")])
     figures: list[MetricSpec] = Field(default_factory=list)
 
-    # --- Weights & Biases (no tracking while wandb_project is null; see spd/wandb_tracking.py) ---
+    # --- Weights & Biases (no tracking while wandb_project is null; see spd/tracking/wandb_sink.py) ---
     wandb_project: str | None = None
     wandb_entity: str | None = None
     wandb_run_name: str | None = Field(default=None, description="Fixed run name (else generated)")
@@ -212,11 +214,9 @@ class Config(StrictModel):
         if all(c is None for c in loss_coeffs):
             raise ValueError("every loss coefficient is null: nothing would be optimised")
         # Metric and figure names are checked against their registries here so that a typo fails
-        # before any model is built. Imported lazily: the registries import torch-heavy modules.
-        from spd.evaluation_registry import validate_specs
-
-        validate_specs(self.metrics, kind="metric")
-        validate_specs(self.figures, kind="figure")
+        # before any model is built.
+        validate_specs(((s.name, s.params) for s in self.metrics), kind="metric")
+        validate_specs(((s.name, s.params) for s in self.figures), kind="figure")
         return self
 
     @property

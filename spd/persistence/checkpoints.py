@@ -3,38 +3,41 @@
 A checkpoint `checkpoints/model_<step>.pth` is written at the start of optimisation step `step`,
 after `step` optimiser updates. Besides 'config' and 'decomposition' (all that
 `ComponentModel.from_pretrained` needs), a checkpoint written by `optimize()` holds the training
-state (see `spd.training_state`), from which the run continues at exactly that step.
+state (see `spd.train.training_state`), from which the run continues at exactly that step.
 """
 
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
-from spd.atomic_files import atomic_torch_save
-from spd.config_loading import config_from_dict
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.run_paths import resolve_run_path
+from spd.persistence.atomic_files import atomic_torch_save
+from spd.persistence.run_dir import RunDirectory
 
-if TYPE_CHECKING:
-    from spd.models.component_model import ComponentModel
-    from spd.run_dir import RunDirectory
+
+class Decomposition(Protocol):
+    """What a checkpoint stores of a model: its decomposition state (a `ComponentModel`)."""
+
+    def decomposition_state(self) -> dict[str, dict[str, Tensor]]: ...
+
 
 CHECKPOINT_GLOB = "model_*.pth"
 _CHECKPOINT_NAME = re.compile(r"model_(\d+)\.pth")
 
 
-def checkpoint_path(run_dir: "RunDirectory", step: int) -> Path:
+def checkpoint_path(run_dir: RunDirectory, step: int) -> Path:
     return run_dir.checkpoints / f"model_{step:08d}.pth"
 
 
 def save_checkpoint(
-    run_dir: "RunDirectory",
+    run_dir: RunDirectory,
     step: int,
-    model: "ComponentModel",
+    model: Decomposition,
     config: Config,
     training_state: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -101,28 +104,3 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not {"config", "decomposition"} <= data.keys():
         raise SPDUserError(f"{path} is not an spd checkpoint (no 'config'/'decomposition' entries)")
     return data
-
-
-def load_component_model(path: str | Path) -> "ComponentModel":
-    """Rebuild the target and its trained decomposition from a run directory or checkpoint file.
-
-    `path` may also be `wandb:<entity>/<project>/runs/<id>` (downloaded once, then cached).
-    """
-    from spd.run_spd import build_component_model
-    from spd.target_loading import load_target_model
-
-    resolved = resolve_run_path(path)
-    if resolved is None:
-        raise SPDUserError(f"no such run directory or checkpoint: {path}")
-    file = latest_checkpoint(resolved) if resolved.is_dir() else resolved
-    data = read_checkpoint(file)
-    config = config_from_dict(data["config"], source=str(file))
-    model = build_component_model(load_target_model(config), config)
-    try:
-        model.load_decomposition_state(data["decomposition"])
-    except (RuntimeError, KeyError) as err:
-        raise SPDUserError(
-            f"{file} does not match its config's architecture: {err}".split("\n")[0]
-        ) from None
-    model.eval()
-    return model

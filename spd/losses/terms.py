@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from spd.configs import Config, OutputLossType
+from spd.config.schema import Config, OutputLossType
+from spd.losses.row_selection import RowSelection, select_rows
 from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
-from spd.row_selection import RowSelection, select_rows
 
 IMPORTANCE_EPS = 1e-12
 
@@ -151,7 +151,7 @@ def total_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ coeff_i · loss_i over the configured terms; also returns each term (detached).
 
-    With `rows` (`spd.row_selection`), every tensor holds only the selected rows of the batch,
+    With `rows` (`spd.losses.row_selection`), every tensor holds only the selected rows of the batch,
     and each term is still the full batch's: the reconstruction means are scaled by the kept
     share (the rows left out add zero), the importance means weight the representative row.
     """
@@ -213,7 +213,7 @@ class BatchLoss:
 
 
 def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
-    """Target pass, row selection (`spd.row_selection`), causal importances, `total_loss`."""
+    """Target pass, row selection (`spd.losses.row_selection`), causal importances, `total_loss`."""
     with torch.no_grad():
         target_out, pre_acts = model.forward_with_pre_acts(batch)
     rows = select_rows(model, pre_acts)

@@ -7,10 +7,10 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.hf_hub import fetch_guard
-from spd.run_paths import resolve_run_path
+from spd.loading.hf_hub import fetch_guard
+from spd.loading.run_paths import resolve_run_path
 
 # What a damaged or incomplete target checkpoint makes `from_pretrained` raise.
 LOAD_ERRORS = (
@@ -55,7 +55,7 @@ def load_target_model(config: Config) -> nn.Module:
             "returns the trained module"
         )
     if config.pretrained_model_path is not None:
-        # A local path or a `wandb:` run (downloaded once into the cache): see spd/run_paths.py.
+        # A local path or a `wandb:` run (downloaded once into the cache): see spd/loading/run_paths.py.
         path = resolve_run_path(config.pretrained_model_path)
         if path is None:
             hint = getattr(
@@ -70,7 +70,7 @@ def load_target_model(config: Config) -> nn.Module:
         source = config.pretrained_model_name_hf
     try:
         if isinstance(source, str):
-            # A hub id: fail fast, in one line, when it cannot be fetched (spd/hf_hub.py).
+            # A hub id: fail fast, in one line, when it cannot be fetched (spd/loading/hf_hub.py).
             with fetch_guard("model", source, "pretrained_model_name_hf"):
                 model = from_pretrained(source)
         else:

@@ -25,7 +25,7 @@ class AliveTracker:
     def update(self, ci: dict[str, Tensor], n_examples: int | None = None) -> None:
         """Count the examples (and positions) of `ci`, or `n_examples` when `ci` holds fewer rows
         than the batch because the rows left out share one CI vector with a row it holds
-        (`spd.row_selection`)."""
+        (`spd.losses.row_selection`)."""
         for name, g in ci.items():
             n_in_batch = g.shape[:-1].numel() if n_examples is None else n_examples
             fired = g.flatten(0, -2).amax(dim=0) > self.threshold

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from spd.eval_context import EvalBatch, EvalContext
-from spd.evaluation_registry import register_metric
-from spd.losses import output_divergence
+from spd.config.evaluators import register_metric
+from spd.eval.context import EvalBatch, EvalContext
+from spd.losses.terms import output_divergence
 from spd.models.component_model import ComponentModel
 
 MASK_VARIANTS = ("ci", "stochastic", "unmasked", "random", "rounded", "zero")

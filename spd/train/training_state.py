@@ -1,7 +1,7 @@
 """Everything besides the parameters that a run needs to continue exactly where it stopped.
 
 The training state of a checkpoint holds the optimiser state, every RNG state, the position of
-each data stream and the alive tracker; `spd.checkpoints.save_checkpoint` writes it next to the
+each data stream and the alive tracker; `spd.persistence.checkpoints.save_checkpoint` writes it next to the
 decomposition and its config.
 """
 
@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from spd.alive_tracker import AliveTracker
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.data.stream_state import TrackedStream
 from spd.errors import SPDUserError
 from spd.models.component_model import ComponentModel
-from spd.resume import check_checkpoint
-from spd.rng_state import capture_rng_state, restore_rng_state
+from spd.persistence.resume import check_checkpoint
+from spd.persistence.rng_state import capture_rng_state, restore_rng_state
+from spd.train.alive_tracker import AliveTracker
 
 
 def capture_training_state(

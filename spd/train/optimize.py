@@ -16,18 +16,17 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from spd import distributed
-from spd.alive_tracker import AliveTracker
-from spd.checkpoints import read_checkpoint, save_checkpoint
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.data.stream_state import TrackedStream
-from spd.eval_context import EvalContext
-from spd.evaluation_registry import registry
-from spd.losses import batch_loss
-from spd.lr_schedules import lr_at_step, pnorm_at_step
-from spd.models.component_model import ComponentModel
-from spd.run_dir import RunDirectory
-from spd.training_state import capture_training_state, restore_training_state
+from spd.eval.evaluate import evaluate
+from spd.losses.terms import batch_loss
+from spd.models.component_model import ComponentModel, build_component_model
+from spd.persistence.checkpoints import read_checkpoint, save_checkpoint
+from spd.persistence.run_dir import RunDirectory
+from spd.train import distributed
+from spd.train.alive_tracker import AliveTracker
+from spd.train.schedules import lr_at_step, pnorm_at_step
+from spd.train.training_state import capture_training_state, restore_training_state
 
 
 class Sink(Protocol):
@@ -46,44 +45,10 @@ class OptimizeResult:
     stopped_at: int | None = None
 
 
-def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
-    """Wrap `target` as the config says (patterns, C, CI functions, tied weights)."""
-    return ComponentModel(
-        target,
-        target_module_patterns=config.target_module_patterns,
-        C=config.C,
-        gate_type=config.gate_type,
-        gate_hidden_dims=config.gate_hidden_dims,
-        output_attr=config.pretrained_model_output_attr,
-        tied_weights=config.tied_weights,
-    )
-
-
 def trainable_parameters(model: ComponentModel) -> list[nn.Parameter]:
     """U, V (untied ones) and the CI-function parameters."""
     params = [p for comp in model.components.values() for p in comp.parameters() if p.requires_grad]
     return params + list(model.gates.parameters())
-
-
-def evaluate(
-    model: ComponentModel, config: Config, inputs: list[Tensor], step: int, include_slow: bool
-) -> tuple[dict[str, float], dict[str, Figure]]:
-    """Run the configured metrics (and, with `include_slow`, slow metrics and figures)."""
-    ctx = EvalContext(model=model, config=config, inputs=inputs, step=step)
-    metrics: dict[str, float] = {}
-    figures: dict[str, Figure] = {}
-    metric_registry, figure_registry = registry("metric"), registry("figure")
-    was_training = model.training
-    model.eval()
-    for spec in config.metrics:
-        evaluator = metric_registry[spec.name]
-        if include_slow or not evaluator.slow:
-            metrics.update({f"eval/{k}": v for k, v in evaluator.fn(ctx, **spec.params).items()})
-    if include_slow:
-        for spec in config.figures:
-            figures.update(figure_registry[spec.name].fn(ctx, **spec.params))
-    model.train(was_training)
-    return metrics, figures
 
 
 def optimize(
@@ -105,7 +70,7 @@ def optimize(
     eval inputs (`n_eval_steps` are drawn per evaluation). Steps 0…steps-1 take optimiser steps;
     step `steps` is only logged and evaluated. Returns the trained model and the last metrics.
 
-    Under `torchrun` (see `spd.distributed`) every rank passes its own data streams; gradients,
+    Under `torchrun` (see `spd.train.distributed`) every rank passes its own data streams; gradients,
     losses and metrics are averaged over ranks and only rank 0 writes to `run_dir` and `sinks`.
 
     `resume_from` (a checkpoint written by a run of a compatible config) continues that run at

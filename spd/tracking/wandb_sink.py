@@ -22,14 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from dotenv import find_dotenv, load_dotenv
 from matplotlib.figure import Figure
 from PIL import Image
 
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.run_dir import RunDirectory
-from spd.run_paths import REPO_ROOT
+from spd.loading.env_files import load_env_files
+from spd.persistence.run_dir import RunDirectory
 
 if TYPE_CHECKING:
     import wandb  # imported where used: runs without W&B need not pay for importing it
@@ -43,19 +42,6 @@ RUN_FILES = ("final_config.yaml", "summary.json", "report.html")
 TrackingMode = Literal["online", "offline", "local"]
 
 _told_local_only = False
-
-
-def load_env_files() -> None:
-    """Read `.env` (working directory or a parent, then the repository root) into the environment.
-
-    Variables that are already set are left alone.
-    """
-    found = find_dotenv(usecwd=True)
-    if found:
-        load_dotenv(found, override=False)
-    repo_env = REPO_ROOT / ".env"
-    if repo_env.is_file():
-        load_dotenv(repo_env, override=False)
 
 
 def tracking_mode() -> TrackingMode:
@@ -98,7 +84,7 @@ def figure_image(figure: Figure) -> Image.Image:
 
 
 class WandbSink:
-    """A `Sink` (see spd/run_spd.py) that logs to one W&B run."""
+    """A `Sink` (see spd/train/optimize.py) that logs to one W&B run."""
 
     def __init__(self, run: "wandb.Run") -> None:
         self.run = run

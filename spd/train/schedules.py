@@ -2,7 +2,7 @@
 
 import math
 
-from spd.configs import LRSchedule
+from spd.config.schema import LRSchedule
 
 
 def lr_at_step(

@@ -12,7 +12,7 @@ from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from spd.configs import Config
+from spd.config.schema import Config
 from spd.models.component_model import ComponentModel
 
 

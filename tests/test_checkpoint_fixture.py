@@ -1,0 +1,65 @@
+"""A checkpoint written before the package was split into stages still loads and computes the same.
+
+`tests/fixtures/tms_5-2_step20_c5f8abb.pth` is the last checkpoint of the 20-step tms_5-2 run of
+`tests/tiny_runs.py`, written by commit c5f8abb (the flat layout). Beside it are a fixed input and
+what that code computed from the checkpoint (the CI and the masked components' output), and
+the run's `metrics.jsonl`.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from spd.experiments.tms.tms_decomposition import make_data
+from spd.loading.targets import load_target_model
+from spd.models.component_model import ComponentModel
+from spd.persistence.run_dir import RunDirectory, read_metrics
+from spd.train.optimize import optimize
+from tests.paths import REPO_ROOT
+from tests.tiny_runs import tiny_tms_config
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+CHECKPOINT = FIXTURES / "tms_5-2_step20_c5f8abb.pth"
+EXPECTED = FIXTURES / "tms_5-2_step20_c5f8abb_expected.pt"
+OLD_METRICS = FIXTURES / "tms_5-2_step20_c5f8abb_metrics.jsonl"
+
+
+def test_a_checkpoint_from_before_the_move_loads_and_gives_the_same_outputs() -> None:
+    model = ComponentModel.from_pretrained(CHECKPOINT)
+    expected = torch.load(EXPECTED, weights_only=True)
+    with torch.no_grad():
+        _, pre_acts = model.forward_with_pre_acts(expected["x"])
+        ci, ci_upper = model.causal_importances(pre_acts, "leaky_hard")
+        out = model.forward_with_components(expected["x"], ci)
+    for name in expected["ci"]:
+        assert torch.equal(ci[name], expected["ci"][name])
+        assert torch.equal(ci_upper[name], expected["ci_upper"][name])
+    assert torch.equal(out, expected["component_out"])
+
+
+def test_the_run_resumes_from_it_and_logs_what_the_old_code_logged(tmp_path: Path) -> None:
+    """Step 20 is the run's last: resuming logs and evaluates it from the restored state alone
+    (model, RNG, data streams, alive tracker), so its rows must equal the old run's."""
+    config = tiny_tms_config()
+    checkpoint = shutil.copy(CHECKPOINT, tmp_path / "model_00000020.pth")
+    target = load_target_model(config)
+    train, evaluation = make_data(config, target, torch.device("cpu"))
+    run_dir = RunDirectory.create(tmp_path, "resumed")
+    optimize(
+        target,
+        config,
+        torch.device("cpu"),
+        train,
+        evaluation,
+        run_dir,
+        show_progress=False,
+        resume_from=Path(checkpoint),
+    )
+    # The run's `final/` row came from the decomposition script, not from `optimize`.
+    old = [json.loads(line) for line in OLD_METRICS.read_text().splitlines()]
+    old = [row for row in old if not any(key.startswith("final/") for key in row)]
+    assert [row for row in read_metrics(run_dir.path) if row["step"] == 20] == [
+        row for row in old if row["step"] == 20
+    ]
