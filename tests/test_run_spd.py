@@ -15,7 +15,8 @@ from spd.experiments.tms import tms_decomposition
 from spd.experiments.tms.models import TMSModel
 from spd.models.component_model import DecomposedModule
 from spd.persistence.run_dir import RunDirectory, read_metrics
-from spd.train.optimize import optimize, trainable_parameters
+from spd.train.optimize import optimize
+from spd.train.setup import trainable_parameters
 from tests.fixture_types import ConfigFactory, TargetFactory
 
 CPU = torch.device("cpu")

@@ -84,7 +84,7 @@ def figure_image(figure: Figure) -> Image.Image:
 
 
 class WandbSink:
-    """A `Sink` (see spd/train/optimize.py) that logs to one W&B run."""
+    """A `Sink` (see spd/train/reporting.py) that logs to one W&B run."""
 
     def __init__(self, run: "wandb.Run") -> None:
         self.run = run

@@ -15,8 +15,10 @@ from spd.config.schema import Config
 from spd.data.stream_state import TrackedStream
 from spd.errors import SPDUserError
 from spd.models.component_model import ComponentModel
+from spd.persistence.checkpoints import save_checkpoint
 from spd.persistence.resume import check_checkpoint
 from spd.persistence.rng_state import capture_rng_state, restore_rng_state
+from spd.persistence.run_dir import RunDirectory
 from spd.train.alive_tracker import AliveTracker
 
 
@@ -57,3 +59,26 @@ def restore_training_state(
         stream.load_state_dict(data["data"][name])
     restore_rng_state(data["rng"])
     return step
+
+
+class Checkpointer:
+    """Saves the decomposition with its full training state into a run directory (rank 0 only:
+    other ranks, and library calls without a run directory, pass None and save nothing)."""
+
+    def __init__(
+        self,
+        run_dir: RunDirectory | None,
+        config: Config,
+        model: ComponentModel,
+        optimizer: torch.optim.Optimizer,
+        alive: AliveTracker,
+        streams: Mapping[str, TrackedStream],
+    ) -> None:
+        self.run_dir, self.config, self.model = run_dir, config, model
+        self.optimizer, self.alive, self.streams = optimizer, alive, streams
+
+    def save(self, step: int) -> None:
+        """Checkpoint the state at the start of `step` (after `step` optimiser updates)."""
+        if self.run_dir is not None:
+            state = capture_training_state(self.optimizer, self.alive, self.streams)
+            save_checkpoint(self.run_dir, step, self.model, self.config, state)
