@@ -28,10 +28,11 @@ install: $(VENV)/.installed  ## the package and its runtime dependencies
 
 install-dev: $(VENV)/.installed-dev  ## plus pytest, ruff, basedpyright, pre-commit
 
-check: install-dev  ## lint, format check and type check
+check: install-dev  ## lint, format check, type check and the import-stage check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/basedpyright
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_layers.py
 
 format: install-dev
 	$(BIN)/ruff format .
