@@ -1,17 +1,35 @@
-"""Writing files so that a crash mid-write never leaves a half-written file in place."""
+"""Writing files so that a crash mid-write never leaves a half-written file in place.
+
+Every file is created with the mode `open()` would give it (0o666 less the user's umask), so a
+run's outputs are as readable to colleagues on a shared machine as any other file the user writes.
+"""
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# What `open(path, "w")` asks for; the kernel then clears the bits the umask names.
+_FILE_MODE = 0o666
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty file beside `path`, created with the umask's mode (unlike `tempfile.mkstemp`,
+    which makes it owner-only and so would leave the renamed file owner-only too)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
 
 def _atomic_replace(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
