@@ -1,6 +1,7 @@
 """The HTML run report and the `spd-report` summary page, built from real run directories."""
 
 import base64
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -151,6 +152,25 @@ def test_summary_of_a_folder_takes_every_run_in_it(two_runs: list[Path], tmp_pat
         report_main([str(tmp_path), "--out", str(tmp_path / "x.html")])
     with pytest.raises(SPDUserError, match="no such directory"):
         report_main([str(tmp_path / "missing")])
+
+
+def test_a_folder_of_launches_finds_runs_at_any_depth(
+    two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`spd-run` writes `<output root>/<launch id>/<run>`; `spd-report <output root>` finds them."""
+    root = tmp_path / "spd_out"
+    nested = [root / "20250101-120000-abc123" / two_runs[0].name]
+    nested.append(root / "older" / "20241231-000000-def456" / two_runs[1].name)
+    for source, copy in zip(two_runs, nested, strict=True):
+        shutil.copytree(source, copy)
+    (root / "20250101-120000-abc123" / "launch.json").write_text("{}\n")
+    out = tmp_path / "all.html"
+    report_main([str(root), "--out", str(out)])
+    assert "2 run(s)" in capsys.readouterr().out
+    run_links = [link for link in parse(out).links if not link.startswith("#")]
+    assert sorted((out.parent / link).resolve() for link in run_links) == sorted(
+        (p / "report.html").resolve() for p in nested
+    )
 
 
 def test_latest_figures_picks_highest_step_per_name(tmp_path: Path) -> None:

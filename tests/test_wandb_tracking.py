@@ -263,6 +263,10 @@ def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(env_files, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(wandb_tracking, "_told_local_only", False)
+    # No `wandb login` either: a home of its own, without a netrc file.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path / "out"))
 
 
@@ -297,6 +301,37 @@ def test_credentials_come_from_a_dotenv_file_and_environment_wins(
     env_files.load_env_files()
     assert wandb_tracking.tracking_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_tracking.tracking_mode() == "online"
+
+
+@pytest.mark.usefixtures("no_credentials")
+def test_a_wandb_login_in_the_netrc_file_counts_as_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the decision is tested: an online run would need the W&B server (not reachable here)."""
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def write_netrc(path: Path, machine: str) -> None:
+        path.write_text(f"machine {machine}\n  login user\n  password {FAKE_KEY}\n")
+        path.chmod(0o600)  # as `wandb login` leaves it
+
+    assert wandb_tracking.tracking_mode() == "local"
+    write_netrc(home / ".netrc", "example.org")  # a login for another host
+    assert wandb_tracking.tracking_mode() == "local"
+    write_netrc(home / ".netrc", "api.wandb.ai")  # where `wandb login` puts the key
+    assert wandb_tracking.tracking_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_tracking.tracking_mode() == "local"
+    monkeypatch.delenv("WANDB_MODE")
+
+    # $NETRC names the file instead; a self-hosted server (WANDB_BASE_URL) has its own entry.
+    (home / ".netrc").unlink()
+    elsewhere = tmp_path / "netrc"
+    write_netrc(elsewhere, "wandb.example.org")
+    monkeypatch.setenv("NETRC", str(elsewhere))
+    assert wandb_tracking.tracking_mode() == "local"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
     assert wandb_tracking.tracking_mode() == "online"
 
 

@@ -14,7 +14,8 @@ class ExperimentSpec:
 
     `decomp_script` is run as `python <decomp_script> <config_path> [--override k=v …]`;
     `expected_runtime` (minutes, on one GPU or this project's 2-core CPU, whichever is larger) sets
-    SLURM time limits.
+    SLURM time limits. `needs_network`: the run downloads its target or data from the Hugging Face
+    hub (unless a local copy is configured).
     """
 
     task_name: str
@@ -22,6 +23,7 @@ class ExperimentSpec:
     config_path: Path
     expected_runtime: int
     target_train_script: Path | None = None
+    needs_network: bool = False
 
 
 def _tms(name: str, minutes: int) -> ExperimentSpec:
@@ -54,6 +56,7 @@ def _lm(config_name: str, minutes: int, offline_example: bool = False) -> Experi
         config_path=lm / f"{config_name}_config.yaml",
         expected_runtime=minutes,
         target_train_script=lm / "make_offline_example.py" if offline_example else None,
+        needs_network=not offline_example,
     )
 
 
@@ -77,6 +80,16 @@ EXPERIMENT_REGISTRY: dict[str, ExperimentSpec] = {
     "lm_example_emb": _lm("lm_example_emb", 20, offline_example=True),
     "lm_example_mlp": _lm("lm_example_mlp", 25, offline_example=True),
 }
+
+
+def describe_experiments() -> list[str]:
+    """One line per registered experiment: name, expected runtime, whether it needs the network."""
+    width = max(len(name) for name in EXPERIMENT_REGISTRY)
+    return [
+        f"{name:<{width}}  ~{spec.expected_runtime} min  "
+        + ("needs the network (Hugging Face hub)" if spec.needs_network else "offline")
+        for name, spec in EXPERIMENT_REGISTRY.items()
+    ]
 
 
 def get_experiment(name: str) -> ExperimentSpec:

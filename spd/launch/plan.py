@@ -2,7 +2,9 @@
 
 Overrides apply in this order (later wins): the experiment's YAML config, `--override`, the sweep
 values, then what the launcher itself sets (run name, output directory, `--cpu`, W&B settings).
-Nothing is submitted unless every run's config is valid.
+Nothing is submitted unless every run's config is valid and every layer pattern matches a module of
+its target (checked by building the target on the CPU when it is on disk; a hub model is checked
+by the run itself).
 """
 
 import secrets
@@ -11,12 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.experiments.lm.sources import local_source_overrides
 from spd.experiments.registry import get_experiment
 from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
+from spd.loading.run_paths import is_wandb_path, resolve_run_path
+from spd.loading.targets import load_target_model
+from spd.models.component_model import match_module_names
 from spd.persistence.run_dir import output_root
 
 # The W&B fields of `Config` the launcher fills in with --use-wandb (runs of one launch share a
@@ -38,12 +45,14 @@ class LaunchSettings:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a launch: its overrides (in the order they are passed) and validated config."""
+    """One run of a launch: its overrides (in the order they are passed) and validated config;
+    `swept` holds the values its sweep chose (empty without a sweep)."""
 
     experiment: str
     name: str
     overrides: dict[str, Any]
     config: Config
+    swept: dict[str, Any]
 
     @property
     def out_dir(self) -> Path:
@@ -86,6 +95,32 @@ def _check_cpu(name: str, overrides: dict[str, Any]) -> None:
         )
 
 
+def _target_on_disk(config: Config) -> bool:
+    """Whether the target loads from a local path (not a `wandb:` run or a hub id)."""
+    if config.pretrained_model_path is not None:
+        path = str(config.pretrained_model_path)
+        # A missing local target is left to the run, which says how to train it.
+        return not is_wandb_path(path) and resolve_run_path(path) is not None
+    name = config.pretrained_model_name_hf
+    return name is not None and Path(name).is_absolute() and Path(name).exists()
+
+
+def _check_patterns(name: str, config: Config, targets: dict[tuple[str, str], nn.Module]) -> None:
+    """Every layer pattern must match a module of the target (built once per launch, on the CPU)."""
+    if not _target_on_disk(config):
+        return
+    key = (
+        config.pretrained_model_class,
+        str(config.pretrained_model_path or config.pretrained_model_name_hf),
+    )
+    if key not in targets:
+        targets[key] = load_target_model(config)
+    try:
+        match_module_names(targets[key], config.target_module_patterns)
+    except SPDUserError as err:
+        raise SPDUserError(f"run '{name}' is invalid, nothing was launched: {err}") from None
+
+
 def plan_runs(
     experiments: list[str],
     user_overrides: dict[str, Any],
@@ -94,6 +129,7 @@ def plan_runs(
 ) -> list[PlannedRun]:
     """Every run of the launch, each config validated; raises naming the first invalid run."""
     runs: list[PlannedRun] = []
+    targets: dict[tuple[str, str], nn.Module] = {}
     for experiment in experiments:
         combos = expand_grid(sweep.params_for(experiment)) if sweep is not None else [{}]
         labels = unique_names([run_label(combo) for combo in combos])
@@ -120,7 +156,14 @@ def plan_runs(
             overrides = {**overrides, **launcher}
             config = _validated(experiment, name, overrides)
             _check_dp(name, config, settings.dp)
+            _check_patterns(name, config, targets)
             runs.append(
-                PlannedRun(experiment=experiment, name=name, overrides=overrides, config=config)
+                PlannedRun(
+                    experiment=experiment,
+                    name=name,
+                    overrides=overrides,
+                    config=config,
+                    swept=combo,
+                )
             )
     return runs

@@ -1,13 +1,14 @@
-"""The summary page of a launch: one table of every run's final numbers, as a standalone HTML file.
+"""A launch's manifest (`launch.json`) and its summary page.
 
     python -m spd.launch.report <launch dir>
 
-A launch directory holds `launch.json` (written by `spd-run`: each run's name and output
-directory). Runs that have not written a run directory yet are listed as missing.
+`spd-run` records each launch in `<launch dir>/launch.json` (each run's name, output directory,
+swept values and command). The summary page, `<launch dir>/report.html`, compares the runs
+(rendered by `spd.tracking.report.render_summary`, the package's one HTML generator); runs that
+have not written a run directory yet are listed as missing.
 """
 
 import argparse
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,16 @@ from typing import Any
 import yaml
 
 from spd.errors import SPDUserError, run_cli
-from spd.persistence.run_dir import read_metrics
+from spd.persistence.atomic_files import atomic_write_text
+from spd.tracking.report import REPORT_NAME, RunRecord, read_run, render_summary
 
 MANIFEST = "launch.json"
-REPORT = "report.html"
 
 
 def write_manifest(launch_dir: Path, manifest: dict[str, Any]) -> Path:
     """Record a launch (id, snapshot, runs with their commands) in its launch directory."""
-    launch_dir.mkdir(parents=True, exist_ok=True)
     path = launch_dir / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 
@@ -38,47 +38,27 @@ def find_run_dir(out_dir: Path, run_name: str) -> Path | None:
     return found[-1] if found else None
 
 
-def final_values(run_dir: Path) -> dict[str, float]:
-    """The last logged value of every metric of a run."""
-    values: dict[str, float] = {}
-    if (run_dir / "metrics.jsonl").is_file():
-        for row in read_metrics(run_dir):
-            values.update({k: v for k, v in row.items() if k != "step"})
-    return values
-
-
 def build_report(launch_dir: Path, title: str | None = None) -> Path:
-    """Write `report.html` for the launch in `launch_dir` and return its path."""
+    """Write `report.html` comparing the runs of the launch in `launch_dir`; return its path."""
     manifest_path = launch_dir / MANIFEST
     if not manifest_path.is_file():
         raise SPDUserError(
             f"{launch_dir} has no {MANIFEST}; give the directory spd-run printed for the launch"
         )
     manifest = json.loads(manifest_path.read_text())
-    rows: list[tuple[str, Path | None, dict[str, float]]] = []
+    records: list[RunRecord] = []
+    swept: list[dict[str, Any]] = []
+    missing: list[str] = []
     for run in manifest["runs"]:
         run_dir = find_run_dir(Path(run["out_dir"]), run["name"])
-        rows.append((run["name"], run_dir, final_values(run_dir) if run_dir else {}))
-    columns = sorted(
-        {key for _, _, values in rows for key in values if key.startswith(("final/", "eval/"))}
-    )
-    heading = html.escape(
-        title or manifest.get("report_title") or f"spd launch {manifest['launch_id']}"
-    )
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", "run directory", *columns])
-    body = []
-    for name, run_dir, values in rows:
-        cells = [html.escape(name), html.escape(str(run_dir) if run_dir else "missing")]
-        cells += [f"{values[c]:.4g}" if c in values else "" for c in columns]
-        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{heading}</title>"
-        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
-        "table{border-collapse:collapse}</style></head>"
-        f"<body><h1>{heading}</h1><table><tr>{header}</tr>{''.join(body)}</table></body></html>\n"
-    )
-    path = launch_dir / REPORT
-    path.write_text(page)
+        if run_dir is None:
+            missing.append(run["name"])
+            continue
+        records.append(read_run(run_dir))
+        swept.append(run.get("swept") or {})
+    heading = title or manifest.get("report_title") or f"spd launch {manifest['launch_id']}"
+    path = launch_dir / REPORT_NAME
+    atomic_write_text(path, render_summary(records, launch_dir, heading, swept, missing))
     return path
 
 

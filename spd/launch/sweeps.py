@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spd.config.loading import read_yaml
 from spd.errors import SPDUserError
 
 GLOBAL_BLOCK = "global"
@@ -91,6 +90,9 @@ def load_sweep(path: Path, known_experiments: list[str]) -> Sweep:
             f"sweep file not found: {path} (create it from spd/scripts/sweep_params.yaml.example "
             "or run `make install`)"
         )
+    # Imported here: the config schema (pydantic) is not needed for `spd-run --help`.
+    from spd.config.loading import read_yaml
+
     data = read_yaml(path)
     unknown = [str(key) for key in data if key != GLOBAL_BLOCK and key not in known_experiments]
     if unknown:

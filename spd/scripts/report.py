@@ -1,7 +1,8 @@
 """`spd-report`: one self-contained HTML page summarising a set of runs.
 
     spd-report spd_out/20250101-120000-tms spd_out/20250101-121500-tms --out summary.html
-    spd-report spd_out/ --out summary.html     # every run directory directly inside spd_out/
+    spd-report spd_out/ --out summary.html     # every run directory under spd_out/, at any depth
+    spd-report spd_out/<launch id>              # the runs of one launch (e.g. a sweep)
 
 The page shows the final metrics side by side, the config keys that differ between the runs and
 each run's latest figures (embedded), and links each run's own report.html.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from spd.errors import SPDUserError, run_cli
 from spd.persistence.atomic_files import atomic_write_text
-from spd.tracking.report import is_run_directory, read_run, render_summary
+from spd.tracking.report import find_run_directories, read_run, render_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,15 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_run_dirs(paths: list[Path]) -> list[Path]:
-    """Run directories as given, and the run directories directly inside any other folder given."""
+    """Run directories as given, and every run directory below any other folder given (any depth:
+    `spd-run` puts runs under `<output root>/<launch id>/`)."""
     found: list[Path] = []
     for path in paths:
         if not path.is_dir():
             raise SPDUserError(f"no such directory: {path}")
-        if is_run_directory(path):
-            found.append(path)
-            continue
-        inside = sorted(p for p in path.iterdir() if p.is_dir() and is_run_directory(p))
+        inside = find_run_directories(path)
         if not inside:
             raise SPDUserError(
                 f"{path} is not a run directory and holds none (no final_config.yaml or metrics.jsonl)"

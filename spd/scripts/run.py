@@ -1,5 +1,6 @@
 """`spd-run`: run registered experiments (and parameter sweeps) on SLURM or here.
 
+    spd-run --list                                           # the registered experiments
     spd-run --experiments tms_5-2,tms_5-2-id                 # one SLURM job array, one GPU per task
     spd-run --experiments tms_5-2 --sweep --n-agents 4       # grid of spd/scripts/sweep_params.yaml
     spd-run --experiments tms_5-2 --dp 2                     # one task, 2 GPUs, torchrun
@@ -8,31 +9,31 @@
 Every run's config is validated before anything is submitted. On SLURM, the tasks run from a git
 snapshot of the working tree (branch spd-snapshot/<launch id>), write their run directories under
 <output root>/<launch id>/, and log to $SPD_SLURM_LOG_DIR (default ~/slurm_logs).
-    spd-run --resume spd_out/<run dir> --local              # continue a stopped run
+    spd-run --resume spd_out/<launch id>/<run dir> --local   # continue a stopped run
+
+Exit codes: 0 every run finished; 75 stopped (SIGTERM/SIGUSR1 are passed on to a local run,
+which checkpoints), continue with --resume; 1 a run failed; 2 bad input, nothing launched.
 
 """
 
 import argparse
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from spd.config.loading import read_yaml
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
-from spd.experiments.registry import EXPERIMENT_REGISTRY, get_experiment
-from spd.experiments.run_decomposition import parse_override
-from spd.launch import git_snapshot, slurm
-from spd.launch.commands import run_command
-from spd.launch.plan import LaunchSettings, PlannedRun, new_launch_id, plan_runs
-from spd.launch.report import build_report, write_manifest
-from spd.launch.sweeps import DEFAULT_SWEEP_FILE, load_sweep
+from spd.experiments.registry import EXPERIMENT_REGISTRY, describe_experiments, get_experiment
+from spd.launch.sweeps import DEFAULT_SWEEP_FILE
 from spd.loading.run_paths import REPO_ROOT
+
+# The rest of the launcher (configs, torch, the target models) is imported where it is used, so
+# that `spd-run --help` and `--list` answer at once.
+if TYPE_CHECKING:
+    from spd.launch import git_snapshot
+    from spd.launch.plan import PlannedRun
 
 SUFFIX_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 MAX_GPUS_ENV = "SPD_MAX_GPUS_PER_NODE"
@@ -44,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spd-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--experiments", default=None, help="comma-separated names (default: all registered)")
+    add("--experiments", default=None, help="comma-separated names (required; see --list)")
+    add(
+        "--list",
+        action="store_true",
+        help="list the registered experiments (expected runtime, network needs) and exit",
+    )
     add(
         "--sweep",
         nargs="?",
@@ -75,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--create-report",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="build a summary page of the launch's runs (default: for a multi-experiment launch "
-        "without --sweep)",
+        help="build a summary page comparing the launch's runs (default: when it has more than "
+        "one run, e.g. a sweep)",
     )
     add("--report-title", default=None, help="title of that summary page")
     add(
@@ -116,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resume_command(run_dir: Path, overrides: list[str], cpu: bool, no_progress: bool) -> list[str]:
     """The command line that continues the run in `run_dir` with its experiment's script."""
-    # Imported here: they pull in torch, which spd-run itself does not otherwise need.
+    from spd.config.loading import read_yaml
     from spd.persistence.resume import check_run_directory
     from spd.persistence.run_dir import CONFIG_FILE
 
@@ -137,8 +143,15 @@ def resume_command(run_dir: Path, overrides: list[str], cpu: bool, no_progress: 
 
 
 def selected_experiments(names: str | None) -> list[str]:
+    """The experiments named by --experiments; none named is an error listing the choices."""
     if names is None:
-        return list(EXPERIMENT_REGISTRY)
+        listing = ", ".join(
+            f"{name} (~{spec.expected_runtime} min{', needs the network' * spec.needs_network})"
+            for name, spec in EXPERIMENT_REGISTRY.items()
+        )
+        raise SPDUserError(
+            f"choose what to run with --experiments NAME[,NAME…]; registered: {listing}"
+        )
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     if not chosen:
         raise SPDUserError("--experiments is empty; give comma-separated names")
@@ -170,6 +183,8 @@ def check_options(args: argparse.Namespace) -> None:
                 f"--dp {args.dp} --cpu needs {args.dp} processes but this machine has {cores} cores"
             )
     elif args.local:
+        import torch
+
         gpus = torch.cuda.device_count()
         if args.dp > gpus:
             raise SPDUserError(
@@ -184,10 +199,14 @@ def check_options(args: argparse.Namespace) -> None:
             )
 
 
-def source_tree(launch_id: str, create_snapshot: bool) -> tuple[Path, git_snapshot.Snapshot | None]:
+def source_tree(
+    launch_id: str, create_snapshot: bool
+) -> tuple[Path, "git_snapshot.Snapshot | None"]:
     """The copy of the code the runs use: a fresh snapshot export, or the working tree itself."""
     if not create_snapshot:
         return REPO_ROOT, None
+    from spd.launch import git_snapshot
+
     repo = git_snapshot.repo_root(REPO_ROOT)
     snapshot = git_snapshot.create_snapshot(repo, launch_id)
     export = git_snapshot.export_snapshot(snapshot, git_snapshot.snapshot_base_dir() / launch_id)
@@ -195,43 +214,60 @@ def source_tree(launch_id: str, create_snapshot: bool) -> tuple[Path, git_snapsh
 
 
 def run_locally(
-    runs: list[PlannedRun], commands: list[list[str]], tree: Path, log_dir: Path | None
-) -> None:
-    """Run one after another; with `log_dir` (terse), each run's output goes to a file there."""
+    runs: list["PlannedRun"], commands: list[list[str]], tree: Path, log_dir: Path | None, cpu: bool
+) -> int:
+    """Run one after another and return spd-run's exit code (see `spd.launch.local_runs`).
+
+    SIGTERM/SIGUSR1 go to the running run, which checkpoints and stops; no later run starts.
+    With `log_dir` (terse), each run's output goes to a file there.
+    """
+    from spd.launch.local_runs import SignalForwarder, outcome_of, report_outcomes, resume_hint
+    from spd.launch.report import find_run_dir
+
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
     }
     env.pop("SPD_OUT_DIR", None)  # each run's out_dir is on its command line
-    failures = []
-    for index, (run, command) in enumerate(zip(runs, commands, strict=True)):
-        if log_dir is None:
-            print(f"spd-run: [{index + 1}/{len(runs)}] {run.name}", flush=True)
-            result = subprocess.run(command, cwd=tree, env=env, check=False)
-        else:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            log = log_dir / f"{run.name}.log"
-            with log.open("w") as handle:
-                result = subprocess.run(
-                    command, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
-                )
-            print(
-                f"spd-run: {run.name}: {'ok' if result.returncode == 0 else 'FAILED'} (log {log})",
-                flush=True,
-            )
-        if result.returncode != 0:
-            failures.append(run.name)
-    if failures:
-        raise SPDUserError(f"run(s) failed: {', '.join(failures)} (see the output above)")
+    codes: list[int | None] = [None] * len(runs)
+    with SignalForwarder() as forwarder:
+        for index, (run, command) in enumerate(zip(runs, commands, strict=True)):
+            if forwarder.received is not None:
+                break
+            log = None
+            if log_dir is None:
+                print(f"spd-run: [{index + 1}/{len(runs)}] {run.name}", flush=True)
+            else:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                log = log_dir / f"{run.name}.log"
+            codes[index] = forwarder.run(command, tree, env, log)
+            if log is not None:
+                print(f"spd-run: {run.name}: {outcome_of(codes[index])} (log {log})", flush=True)
+    hints = {
+        run.name: resume_hint(find_run_dir(run.out_dir, run.name), cpu)
+        for run, code in zip(runs, codes, strict=True)
+        if outcome_of(code) == "resumable"
+    }
+    return report_outcomes([run.name for run in runs], codes, hints)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(describe_experiments()))
+        return
     if args.resume is not None:
         resume(args)
         return
     experiments = selected_experiments(args.experiments)
     check_options(args)
+    from spd.experiments.run_decomposition import parse_override
+    from spd.launch import slurm
+    from spd.launch.commands import run_command
+    from spd.launch.plan import LaunchSettings, new_launch_id, plan_runs
+    from spd.launch.report import build_report, write_manifest
+    from spd.launch.sweeps import load_sweep
+
     sweep = load_sweep(args.sweep, list(EXPERIMENT_REGISTRY)) if args.sweep is not None else None
     launch_id = new_launch_id(args.job_suffix)
     settings = LaunchSettings(
@@ -263,11 +299,8 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs
     ]
     launch_dir = runs[0].out_dir
-    report_due = (
-        args.create_report
-        if args.create_report is not None
-        else len(experiments) > 1 and sweep is None
-    )
+    # A launch of several runs (several experiments, or a sweep) is there to compare them.
+    report_due = args.create_report if args.create_report is not None else len(runs) > 1
     manifest: dict[str, Any] = {
         "launch_id": launch_id,
         "source_tree": str(tree),
@@ -279,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
                 "name": r.name,
                 "experiment": r.experiment,
                 "out_dir": str(r.out_dir),
+                "swept": r.swept,
                 "command": c,
             }
             for i, (r, c) in enumerate(zip(runs, commands, strict=True))
@@ -294,10 +328,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  [{i}] {run.name}")
     if args.local:
         try:
-            run_locally(runs, commands, tree, launch_dir / "logs" if terse else None)
+            code = run_locally(
+                runs, commands, tree, launch_dir / "logs" if terse else None, args.cpu
+            )
         finally:
             if report_due:
                 print(f"spd-run: report {build_report(launch_dir, args.report_title)}")
+        if code != 0:
+            raise SystemExit(code)
         return
     submit(args, runs, commands, tree, launch_dir, manifest, report_due)
 
@@ -310,14 +348,21 @@ def resume(args: argparse.Namespace) -> None:
         raise SPDUserError(
             "--resume runs here; add --local (a requeued SLURM task resumes by itself)"
         )
+    from spd.launch.local_runs import SignalForwarder, report_outcomes, resume_hint
+
     cmd = resume_command(args.resume, args.override, args.cpu, args.no_progress)
     print(f"spd-run: resuming {args.resume}", flush=True)
-    raise SystemExit(subprocess.run(cmd, check=False).returncode)
+    with SignalForwarder() as forwarder:
+        code = forwarder.run(cmd, None, os.environ, None)
+    name = args.resume.name
+    code = report_outcomes([name], [code], {name: resume_hint(args.resume, args.cpu)})
+    if code != 0:
+        raise SystemExit(code)
 
 
 def submit(
     args: argparse.Namespace,
-    runs: list[PlannedRun],
+    runs: list["PlannedRun"],
     commands: list[list[str]],
     tree: Path,
     launch_dir: Path,
@@ -325,6 +370,9 @@ def submit(
     report_due: bool,
 ) -> None:
     """Submit the launch as one job array (and its report as a job that waits for it)."""
+    from spd.launch import slurm
+    from spd.launch.report import write_manifest
+
     job_name = f"spd-{args.job_suffix}" if args.job_suffix else "spd"
     job = slurm.ArrayJob(
         job_name=job_name,

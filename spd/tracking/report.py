@@ -3,8 +3,9 @@
 `write_run_report(run_dir)` writes `<run dir>/report.html`: the final value of every logged
 metric, the latest image of every figure (embedded as base64 PNG) and the config. The page needs
 no server and no other file. `render_summary(runs)` builds one page comparing several runs
-(metrics side by side, the config keys that differ, each run's figures); `spd-report` is its
-command line.
+(metrics side by side, swept values as columns, the config keys that differ, links to each run's
+report, each run's figures as thumbnails); `spd-report` and a launch's summary page
+(`spd.launch.report`) both use it. This module is the only HTML generator of the package.
 """
 
 import base64
@@ -46,6 +47,7 @@ tr.group td { background: #fafafa; font-weight: 600; }
 figure { margin: 0; border: 1px solid #e3e3e3; padding: .5rem; background: #fcfcfc; }
 figure img { max-width: 100%; display: block; }
 figcaption { font-size: .8rem; color: #444; margin-top: .3rem; }
+.thumbs figure img { max-width: 220px; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 """
 
@@ -81,6 +83,21 @@ class RunRecord:
 def is_run_directory(path: Path) -> bool:
     """Whether `path` looks like an spd run directory."""
     return (path / "final_config.yaml").is_file() or (path / "metrics.jsonl").is_file()
+
+
+def find_run_directories(root: Path) -> list[Path]:
+    """Every run directory at or below `root`, at any depth (e.g. `<output root>/<launch id>/<run>`),
+    in path order; nothing below a run directory is searched."""
+    found: list[Path] = []
+    for current, subdirs, _files in os.walk(root):
+        path = Path(current)
+        if is_run_directory(path):
+            found.append(path)
+            subdirs.clear()
+        else:
+            # Hidden folders hold partial downloads and tool caches, not runs.
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    return sorted(found)
 
 
 def latest_figures(figures_dir: Path) -> list[FigureFile]:
@@ -150,10 +167,11 @@ def _image_tag(figure: FigureFile) -> str:
     )
 
 
-def _gallery(figures: Sequence[FigureFile]) -> str:
+def _gallery(figures: Sequence[FigureFile], thumbnails: bool = False) -> str:
     if not figures:
         return '<p class="empty">No figures were saved.</p>'
-    return '<div class="gallery">' + "".join(_image_tag(f) for f in figures) + "</div>"
+    kind = "gallery thumbs" if thumbnails else "gallery"
+    return f'<div class="{kind}">' + "".join(_image_tag(f) for f in figures) + "</div>"
 
 
 def _page(title: str, meta: str, sections: list[tuple[str, str, str]]) -> str:
@@ -243,14 +261,29 @@ def config_differences(runs: Sequence[RunRecord]) -> dict[str, list[str | None]]
     return {key: values for key, values in table.items() if len(set(values)) > 1}
 
 
-def render_summary(runs: Sequence[RunRecord], out_dir: Path, title: str = "SPD runs") -> str:
-    """One page comparing `runs`: final metrics side by side, config differences, figures.
+def _swept_cell(values: dict[str, Any], key: str) -> str:
+    return html.escape(json.dumps(values[key])) if key in values else ""
 
-    Links to each run's own report are relative to `out_dir`, where the page will be written.
+
+def render_summary(
+    runs: Sequence[RunRecord],
+    out_dir: Path,
+    title: str = "SPD runs",
+    swept: Sequence[dict[str, Any]] | None = None,
+    missing: Sequence[str] = (),
+) -> str:
+    """One page comparing `runs`: an overview (one row per run, the values a sweep chose for it
+    as columns, a link to its report), final metrics side by side, config differences and each
+    run's latest figures as thumbnails.
+
+    `swept[i]` holds the swept values of `runs[i]`; `missing` names runs of a launch that wrote no
+    run directory. Links are relative to `out_dir`, where the page will be written.
     """
     head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
+    swept = list(swept) if swept is not None else [{} for _ in runs]
+    swept_keys = list(dict.fromkeys(key for values in swept for key in values))
     overview_rows = []
-    for run in runs:
+    for run, values in zip(runs, swept, strict=True):
         report = run.path / REPORT_NAME
         link = (
             f'<a href="{html.escape(os.path.relpath(report, out_dir))}">report</a>'
@@ -258,12 +291,21 @@ def render_summary(runs: Sequence[RunRecord], out_dir: Path, title: str = "SPD r
             else ""
         )
         overview_rows.append(
-            f"<tr><td>{html.escape(run.name)}</td><td>{html.escape(str(run.path.resolve()))}</td>"
-            f'<td class="num">{run.last_step}</td><td>{link}</td></tr>'
+            f"<tr><td>{html.escape(run.name)}</td>"
+            + "".join(f"<td>{_swept_cell(values, key)}</td>" for key in swept_keys)
+            + f'<td class="num">{run.last_step}</td><td>{link}</td>'
+            f"<td>{html.escape(str(run.path.resolve()))}</td></tr>"
         )
+    for name in missing:
+        overview_rows.append(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "<td></td>" * len(swept_keys)
+            + "<td></td><td></td><td>missing (no run directory yet)</td></tr>"
+        )
+    swept_head = "".join(f"<th>{html.escape(key)}</th>" for key in swept_keys)
     overview = (
-        "<table><thead><tr><th>run</th><th>directory</th><th>last step</th><th></th></tr></thead>"
-        f"<tbody>{''.join(overview_rows)}</tbody></table>"
+        f"<table><thead><tr><th>run</th>{swept_head}<th>last step</th><th>report</th>"
+        f"<th>directory</th></tr></thead><tbody>{''.join(overview_rows)}</tbody></table>"
     )
 
     keys = sorted(set().union(*(run.final_metrics for run in runs)))
@@ -290,10 +332,12 @@ def render_summary(runs: Sequence[RunRecord], out_dir: Path, title: str = "SPD r
     else:
         config = "<p>All runs have the same config.</p>"
     galleries = "".join(
-        f'<h3 id="run-{i}">{html.escape(run.name)}</h3>{_gallery(run.figures)}'
+        f'<h3 id="run-{i}">{html.escape(run.name)}</h3>{_gallery(run.figures, thumbnails=True)}'
         for i, run in enumerate(runs)
     )
     meta = f"{len(runs)} run(s) · written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    if missing:
+        meta += f" · {len(missing)} missing"
     sections = [
         ("runs", "Runs", overview),
         ("metrics", "Final metrics", metrics),

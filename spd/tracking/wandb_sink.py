@@ -5,7 +5,9 @@ environment (a `.env` file in the working directory, a parent of it, or the repo
 read first; variables already set win; `.env.example` lists them):
 - WANDB_MODE=offline: a real offline W&B run under `<run dir>/wandb/offline-run-…/` (config,
   history, figures and uploaded files) that `wandb sync <that dir>` uploads later;
-- WANDB_API_KEY set (and WANDB_MODE not `disabled`): an online run;
+- WANDB_API_KEY set, or the key `wandb login` stored in the netrc file ($NETRC, else ~/.netrc,
+  an entry for the W&B host: api.wandb.ai unless WANDB_BASE_URL names another), and WANDB_MODE
+  not `disabled`: an online run;
 - otherwise: one line "tracking locally only" and no W&B at all.
 
 The run gets the same scalars as metrics.jsonl, figures as images, and at the end the final
@@ -14,6 +16,7 @@ nothing here prints or writes it, and error messages are scrubbed of it.
 """
 
 import io
+import netrc
 import os
 import secrets
 import shutil
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
 
 from matplotlib.figure import Figure
 from PIL import Image
@@ -36,6 +40,9 @@ if TYPE_CHECKING:
 API_KEY_ENV = "WANDB_API_KEY"
 MODE_ENV = "WANDB_MODE"
 DIR_ENV = "WANDB_DIR"
+BASE_URL_ENV = "WANDB_BASE_URL"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+NETRC_ENV = "NETRC"
 # Uploaded at the end of a run, besides every checkpoint (paths relative to the run directory).
 RUN_FILES = ("final_config.yaml", "summary.json", "report.html")
 
@@ -44,12 +51,31 @@ TrackingMode = Literal["online", "offline", "local"]
 _told_local_only = False
 
 
+def netrc_path() -> Path:
+    """The netrc file `wandb login` writes to: $NETRC if set, else ~/.netrc."""
+    return Path(os.environ.get(NETRC_ENV) or Path.home() / ".netrc").expanduser()
+
+
+def has_netrc_login() -> bool:
+    """Whether the netrc file holds a password (the API key) for the W&B host."""
+    path = netrc_path()
+    if not path.is_file():
+        return False
+    host = urlparse(os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).hostname or ""
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        # An unreadable or malformed file holds no usable login; wandb would not use it either.
+        return False
+    return entry is not None and bool(entry[2])
+
+
 def tracking_mode() -> TrackingMode:
-    """Online with a key, offline with WANDB_MODE=offline, else local only."""
+    """Online with a key (environment or netrc login), offline with WANDB_MODE=offline, else local."""
     mode = os.environ.get(MODE_ENV, "").strip().lower()
     if mode in ("offline", "dryrun"):
         return "offline"
-    if mode == "disabled" or not os.environ.get(API_KEY_ENV):
+    if mode == "disabled" or not (os.environ.get(API_KEY_ENV) or has_netrc_login()):
         return "local"
     return "online"
 
@@ -136,8 +162,9 @@ def start_wandb_run(config: Config, run_dir: RunDirectory, base_name: str) -> Wa
     if mode == "local":
         if not _told_local_only:
             print(
-                f"spd: no W&B credentials ({API_KEY_ENV} unset, or {MODE_ENV}=disabled); tracking "
-                f"locally only. Set {MODE_ENV}=offline for an offline W&B run.",
+                f"spd: no W&B credentials ({API_KEY_ENV} unset and no `wandb login` in "
+                f"{netrc_path()}, or {MODE_ENV}=disabled); tracking locally only. Set "
+                f"{MODE_ENV}=offline for an offline W&B run.",
                 flush=True,
             )
             _told_local_only = True
