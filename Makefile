@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # otherwise the CPU build comes from PyTorch's CPU index, never a multi-GB CUDA build from PyPI.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
+# Extra spd-run options for run-tms, e.g. make run-tms ARGS="--override steps=2000"
+ARGS ?=
 
 .PHONY: install install-dev check format type test test-all run-tms bench clean-venv
 
@@ -47,8 +49,8 @@ test: install-dev  ## the default suite (no slow tests)
 test-all: install-dev  ## everything, including the slow full-length experiments
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
-run-tms: install  ## the main job: decompose tms_5-2 here, print the run directory and MMCS/ML2R
-	$(BIN)/spd-run --experiments tms_5-2 --local
+run-tms: install  ## the main job: decompose tms_5-2 here, print the run directory and MMCS/ML2R (ARGS: more spd-run options)
+	$(BIN)/spd-run --experiments tms_5-2 --local $(ARGS)
 
 bench: install  ## steps/s and peak memory of the toy experiments (see docs/benchmarks.md)
 	$(BIN)/python scripts/benchmark.py

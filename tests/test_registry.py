@@ -24,7 +24,19 @@ def test_unknown_name_lists_the_registered_ones() -> None:
 
 
 def test_experiment_selection() -> None:
-    assert selected_experiments(None) == list(EXPERIMENT_REGISTRY)
+    with pytest.raises(SPDUserError, match="choose what to run with --experiments") as info:
+        selected_experiments(None)  # never "all of them": some need the network or take days
+    assert all(name in str(info.value) for name in EXPERIMENT_REGISTRY)
     assert selected_experiments(" tms_5-2 ,tms_40-10") == ["tms_5-2", "tms_40-10"]
     with pytest.raises(SPDUserError, match="empty"):
         selected_experiments(" , ")
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENT_REGISTRY))
+def test_network_needs_match_the_config(name: str) -> None:
+    """`spd-run --list` says which experiments fetch from the hub: those naming a hub model."""
+    spec = get_experiment(name)
+    hub_model = load_config(spec.config_path).pretrained_model_name_hf
+    assert spec.needs_network == (
+        hub_model is not None and not hub_model.startswith("lm_offline_example/")
+    )

@@ -54,13 +54,31 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SPDUserError(f"--override '{text}': the value is not valid YAML") from None
 
 
+_HELP_EPILOG = """\
+usage patterns:
+  %(prog)s CONFIG [--override KEY=VALUE]...
+      a new run in a new timestamped directory
+  %(prog)s --resume RUN_DIR [--override steps=N]
+      continue a run from its newest checkpoint
+  %(prog)s CONFIG --run-dir DIR
+      a run in DIR, continued if DIR holds one
+
+exit codes: 0 finished; 2 bad input or a non-finite loss (one line on stderr); 75 stopped on
+SIGTERM/SIGUSR1 after checkpointing (continue with --resume); 130 interrupted.
+"""
+
+
 def parse_args(description: str) -> tuple[Config, argparse.Namespace]:
     """The config and options of a decomposition script (`args.resume`, `args.run_dir` included).
 
     `--run-dir DIR` holding a run with a checkpoint becomes `--resume DIR`, so one command line
     both starts a run and continues it after a preemption.
     """
-    parser = OneLineArgumentParser(description=description)
+    parser = OneLineArgumentParser(
+        description=description,
+        epilog=_HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the examples on their lines
+    )
     parser.add_argument(
         "config", type=Path, nargs="?", help="YAML config file (with --resume: the run's own)"
     )

@@ -98,7 +98,8 @@ def test_sweep_runs_as_one_array_from_a_snapshot(
     # The report job waited for the whole array: both runs' final numbers are on the page.
     report = (launch_dir / "report.html").read_text()
     assert "<h1>Seed sweep</h1>" in report and "final/mmcs/linear1" in report
-    assert report.count("<td>tms_5-2-seed=") == 2 and "missing" not in report
+    assert all(f"<td>{run_dir.name}</td>" in report for run_dir in run_dirs)
+    assert "<th>seed</th>" in report and "missing" not in report
 
     # The snapshot branch holds the uncommitted work; the tasks ran from its checkout.
     branch = f"spd-snapshot/{launch_dir.name}"
