@@ -28,6 +28,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("spd.train",),
     ("spd.tracking",),
     ("spd.experiments",),
+    ("spd.analysis",),
     ("spd.launch",),
     ("spd.scripts",),
 )
