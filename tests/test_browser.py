@@ -14,7 +14,6 @@ import pytest
 
 from spd.analysis.analyze import PassOptions, analyze_run
 from spd.analysis.browser import write_browser
-
 from tests.analysis_runs import (
     OTHER,
     PLANTED,

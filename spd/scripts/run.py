@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
 from spd.experiments.registry import EXPERIMENT_REGISTRY, describe_experiments, get_experiment
+from spd.launch import analysis_job
 from spd.launch.sweeps import DEFAULT_SWEEP_FILE
 from spd.loading.run_paths import REPO_ROOT
 
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue the stopped run in RUN_DIR (with --local)",
     )
+    analysis_job.add_arguments(parser)
     return parser
 
 
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     experiments = selected_experiments(args.experiments)
     check_options(args)
+    analysis_job.check_arguments(args)
     from spd.experiments.run_decomposition import parse_override
     from spd.launch import slurm
     from spd.launch.commands import run_command
@@ -338,6 +341,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(code)
         return
     submit(args, runs, commands, tree, launch_dir, manifest, report_due)
+    if args.analyze:
+        analysis = analysis_job.submit_analysis(
+            manifest["slurm"]["job_id"],
+            f"spd-{args.job_suffix}" if args.job_suffix else "spd",
+            [run.out_dir / f"{stamp}-{run.name}" for run in runs],
+            args.analyze_tokens,
+            tree,
+            args.cpu,
+        )
+        manifest["slurm"]["analysis_job_id"] = analysis
+        write_manifest(launch_dir, manifest)
+        print(f"spd-run: analysis job {analysis} runs spd-analyze on each run after the array")
 
 
 def resume(args: argparse.Namespace) -> None:

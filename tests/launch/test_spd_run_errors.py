@@ -42,6 +42,7 @@ BAD_VALUE_SWEEP = "global:\n  lr: {values: [0.01, -1]}\n"
         (["--cpu", "--override", "device=cuda:0"], None, "--cpu conflicts with device=cuda:0"),
         (["--override", "lr"], None, "--override 'lr' must look like key.path=value"),
         (["--job-suffix", "a/b"], None, "--job-suffix 'a/b' may only use letters"),
+        (["--analyze", "--local"], None, "--analyze submits a SLURM job after the array"),
     ],
 )
 def test_bad_input_fails_before_anything_happens(
