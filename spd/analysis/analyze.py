@@ -103,6 +103,7 @@ def analyze_run(run_dir: Path, options: PassOptions) -> Path:
         "settings": asdict(settings),
         "hist_edges": torch.linspace(0, 1, settings.n_bins + 1).tolist(),
         "last_pass_tokens_per_second": (acc.n_tokens - tokens_before) / max(seconds, 1e-9),
+        "accumulator_bytes": acc.nbytes(),
         "token_count": acc.token_count.cpu().tolist(),
     }
     return write_analysis(out_dir, meta, source.vocab, layers)
