@@ -69,7 +69,7 @@ def _top_rows(values: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def summarize(
-    acc: AnalysisAccumulator, n_top_tokens: int = 20, n_cofire: int = 10
+    acc: AnalysisAccumulator, n_top_tokens: int = 50, n_cofire: int = 10
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every layer's stored arrays, computed from the accumulated statistics."""
     n = max(acc.n_tokens, 1)
