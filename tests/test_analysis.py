@@ -1,7 +1,10 @@
 """The analysis pass (`spd-analyze`) on planted decompositions of the tiny offline LM example and a TMS run."""
 
+import json
+import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +15,7 @@ import torch
 
 from spd.analysis.accumulators import AccumulatorSettings, AnalysisAccumulator
 from spd.analysis.analyze import PassOptions, analyze_run
+from spd.analysis.browser import write_browser
 from spd.analysis.sources import ANALYSIS_SEED
 from spd.analysis.store import load_analysis
 from spd.data.lm_data import lm_batches
@@ -102,6 +106,33 @@ def test_a_longer_rerun_continues_the_saved_pass(planted: PlantedRun, tmp_path: 
         analyze_run(planted.run_dir, replace(OPTIONS, top_k=7))
 
 
+@pytest.mark.slow
+def test_a_stopped_pass_continues_to_the_same_result(planted: PlantedRun) -> None:
+    # A pass long enough to be stopped by SIGTERM (as SLURM does before a time limit) while running.
+    args = [str(planted.run_dir), "--tokens", "20000", "--batch-size", "4", "--save-every", "5"]
+    args += ["--top-k", str(OPTIONS.top_k), "--n-random", str(OPTIONS.n_random)]
+    cmd = [sys.executable, "-m", "spd.analysis.cli", *args, "--no-progress"]
+    state = planted.run_dir / "analysis" / "state.pt"
+    process = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "rerun the same command to continue" in stderr
+    stopped_at = torch.load(state, weights_only=False)["accumulator"]["n_tokens"]
+    assert 0 < stopped_at < 20000
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    continued = load_analysis(planted.run_dir)
+    analyze_run(planted.run_dir, replace(OPTIONS, n_tokens=20000, fresh=True))
+    straight = load_analysis(planted.run_dir)
+    assert continued.meta["n_tokens"] == straight.meta["n_tokens"]
+    for key, value in straight.layer("model.embed_tokens").arrays.items():
+        np.testing.assert_array_equal(continued.layer("model.embed_tokens")[key], value, key)
+
+
 def test_accumulator_memory_does_not_grow_with_tokens() -> None:
     settings = AccumulatorSettings(0.1, 10, 10, 8, 2, 20)
     generator = torch.Generator().manual_seed(0)
@@ -170,6 +201,14 @@ def test_toy_run_gets_one_hot_ci_and_feature_tokens(
     assert token_count[-1] > token_count[:-1].max()
     precision = layer["token_precision"][layer["token_fires"] > 0]
     assert ((precision > 0) & (precision <= 1)).all()
+    # The browser page carries the toy's one-hot CI and feature vectors.
+    html = write_browser(run.path).read_text()
+    payload = json.loads(html.split('type="application/json">')[1].split("</script>")[0])
+    (linear1,) = [lay for lay in payload["layers"] if lay["name"] == "linear1"]
+    assert len(linear1["onehot"]) == len(linear1["readVec"]) == layer.C
+    top_feature, top_ci = linear1["onehot"][0][0]
+    assert top_ci == pytest.approx(float(layer["onehot_ci"][:, 0].max()), abs=1e-3)
+    assert layer["onehot_ci"][top_feature, 0] == pytest.approx(top_ci, abs=1e-3)
 
 
 def test_cli_reports_a_bad_run_directory_in_one_line(tmp_path: Path) -> None:
