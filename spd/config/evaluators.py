@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 Kind = Literal["metric", "figure"]
 
 
@@ -21,6 +23,7 @@ class Evaluator:
     fn: Callable[..., dict[str, Any]]
     slow: bool
     params: tuple[str, ...]
+    annotations: dict[str, Any]
 
 
 _REGISTRIES: dict[Kind, dict[str, Evaluator]] = {"metric": {}, "figure": {}}
@@ -41,8 +44,14 @@ def _register(
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRIES[kind]:
             raise ValueError(f"{kind} '{name}' is registered twice")
-        params = tuple(inspect.signature(fn).parameters)[1:]  # first one is the EvalContext
-        _REGISTRIES[kind][name] = Evaluator(name, fn, slow, params)
+        signature = inspect.signature(fn).parameters
+        params = tuple(signature)[1:]  # first one is the EvalContext
+        annotations = {
+            p: signature[p].annotation
+            for p in params
+            if signature[p].annotation is not inspect.Parameter.empty
+        }
+        _REGISTRIES[kind][name] = Evaluator(name, fn, slow, params, annotations)
         return fn
 
     return decorate
@@ -80,3 +89,17 @@ def validate_specs(specs: Iterable[tuple[str, Mapping[str, Any]]], kind: Kind) -
                 f"{kind} '{name}' takes no parameter {', '.join(repr(e) for e in extra)}; "
                 f"it takes: {', '.join(accepted) or 'none'}"
             )
+        for param, value in params.items():
+            _check_param_type(kind, name, param, value, known[name].annotations.get(param))
+
+
+def _check_param_type(kind: Kind, name: str, param: str, value: Any, annotation: Any) -> None:
+    """Raise ValueError when `value` does not fit the evaluator's annotation of `param` (a float
+    must also be finite), so that a wrong parameter fails now, not at the first evaluation."""
+    if annotation is None:
+        return
+    try:
+        TypeAdapter(annotation, config=ConfigDict(allow_inf_nan=False)).validate_python(value)
+    except ValidationError as err:
+        problem = err.errors()[0]["msg"]
+        raise ValueError(f"{kind} '{name}': parameter '{param}' = {value!r}: {problem}") from None

@@ -2,13 +2,15 @@
 
 import difflib
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from spd.config.schema import Config
 from spd.errors import SPDUserError
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -65,17 +67,95 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         raise SPDUserError("; ".join(problems)) from None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a YAML mapping, turning a missing file or a syntax error into a clear `SPDUserError`."""
-    if not path.is_file():
-        raise SPDUserError(f"config file not found: {path}")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping which repeats a key (plain YAML keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # pyright: ignore[reportArgumentType]
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' appears twice (first at line {seen[key] + 1}); keep one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_unique_mapping,  # pyright: ignore[reportArgumentType]
+)
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text, refusing repeated keys; a syntax error is an `SPDUserError` naming `source`."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "malformed YAML"
-        raise SPDUserError(f"invalid YAML in {path}{where}: {problem}") from None
+        raise SPDUserError(f"invalid YAML in {source}{where}: {problem}") from None
+    except RecursionError:
+        raise SPDUserError(f"invalid YAML in {source}: nested too deeply") from None
+
+
+def read_text_file(path: Path, what: str = "config file") -> str:
+    """The UTF-8 text of a file the user named, with a clear error for each way that fails."""
+    if not path.exists():
+        raise SPDUserError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise SPDUserError(f"{what} {path} is a directory; give the path of a YAML file")
+    if not path.is_file():
+        raise SPDUserError(f"{what} {path} is not a regular file")
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise SPDUserError(
+            f"{what} {path} is not readable (permission denied); fix its permissions"
+        ) from None
+    except OSError as err:
+        raise SPDUserError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SPDUserError(
+            f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML"
+        ) from None
+
+
+def validated_update(model: _M, update: dict[str, Any], source: str) -> _M:
+    """A copy of `model` with `update` applied and validated again (`model_copy` would not check
+    it); a bad value is an `SPDUserError` naming `source`, e.g. the command-line option."""
+    try:
+        return type(model).model_validate({**model.model_dump(), **update})
+    except ValidationError as err:
+        problems = [
+            f"{source}: invalid value for '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
+            for e in err.errors()
+        ]
+        raise SPDUserError("; ".join(problems)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, turning every way a file can be unreadable into an `SPDUserError`.
+
+    The file must be UTF-8 text holding a mapping, and no mapping in it may repeat a key.
+    """
+    text = read_text_file(path)
+    if "\x00" in text:
+        raise SPDUserError(f"config file {path} contains NUL bytes; it is not a YAML text file")
+    data = parse_yaml_text(text, str(path))
     if not isinstance(data, dict):
         raise SPDUserError(
             f"{path} must contain a YAML mapping of config keys, got {type(data).__name__}"

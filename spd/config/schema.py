@@ -10,9 +10,11 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 
+from spd.config.device import check_device_string
 from spd.config.evaluators import validate_specs
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -25,10 +27,28 @@ LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
 
 
-class StrictModel(BaseModel):
-    """Base of every config block: unknown keys are errors, values are frozen."""
+def _has_huge_integer(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) >= 2**63
+    if isinstance(value, list | tuple):
+        return any(_has_huge_integer(v) for v in value)
+    return False
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class StrictModel(BaseModel):
+    """Base of every config block: unknown keys are errors, values are frozen, and every float is
+    finite (`.inf` / `.nan` are refused when the file is read, not at the first step)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _integers_fit_int64(cls, value: Any) -> Any:
+        # Counts and sizes end up in torch tensors and C code: past int64 they overflow there,
+        # mid-run, instead of here.
+        if _has_huge_integer(value):
+            raise ValueError(f"integers must be below 2**63, got {value!r}")
+        return value
 
 
 class MetricSpec(StrictModel):
@@ -101,8 +121,12 @@ class Config(StrictModel):
     """Everything one decomposition run needs. Field meanings follow the method spec."""
 
     # --- run bookkeeping ---
-    seed: NonNegativeInt = 0
-    device: str = "auto"
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(
+        default=0, description="Seed of every random stream (below 2**32, the widest numpy takes)"
+    )
+    device: str = Field(
+        default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (see spd/config/device.py)"
+    )
     run_name: str | None = None
     out_dir: str | None = Field(
         default=None,
@@ -184,6 +208,12 @@ class Config(StrictModel):
     pretrained_model_output_attr: str | None = None
 
     task_config: TaskConfig
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        check_device_string(device)
+        return device
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:

@@ -15,7 +15,7 @@ SIGTERM/SIGUSR1 after checkpointing (`spd.persistence.preemption`); 130 interrup
 import argparse
 import json
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,16 @@ from spd.persistence.atomic_files import atomic_write_text
 from spd.persistence.checkpoints import CHECKPOINT_GLOB, latest_checkpoint
 from spd.persistence.preemption import StopOnSignal, exit_preempted
 from spd.persistence.resume import check_run_directory, find_resume_point
-from spd.persistence.run_dir import CONFIG_FILE, RunDirectory, output_root
+from spd.persistence.run_dir import (
+    CONFIG_FILE,
+    RunDirectory,
+    check_writable_directory,
+    output_root,
+)
 from spd.tracking.report import write_run_report
 from spd.tracking.wandb_sink import wandb_tracking
 from spd.train import distributed
+from spd.train.memory_estimate import check_memory, estimate_peak_memory
 from spd.train.optimize import OptimizeResult, optimize
 
 DataFactory = Callable[[Config, nn.Module, torch.device], tuple[Iterator[Tensor], Iterator[Tensor]]]
@@ -138,7 +144,8 @@ def _fresh_run_dir(config: Config, experiment: str, path: Path | None) -> RunDir
 
 def _checkpoint_note(run_dir: RunDirectory) -> str:
     try:
-        return f"last good checkpoint kept: {latest_checkpoint(run_dir.path)}"
+        checkpoint = latest_checkpoint(run_dir.path)
+        return f"last good checkpoint kept: {checkpoint}; continue with --resume {run_dir.path}"
     except SPDUserError:
         return "no checkpoint had been written"
 
@@ -167,12 +174,20 @@ def run_decomposition(
         distributed.setup(device)
         is_main = distributed.is_main_process()
         # --- end data parallelism
+        if is_main and resume is None:
+            # A wrong output root fails before the target is even loaded.
+            if run_dir_path is None:
+                check_writable_directory(output_root(config.out_dir), "output root")
+            else:
+                check_writable_directory(run_dir_path, "--run-dir")
         target = load_target_model(config).to(device)
         # Fail on bad patterns before a run directory exists for a run that cannot start.
         match_module_names(target, config.target_module_patterns)
         train_batches, eval_batches = make_data(config, target, device)
         # Everything is checked before the first write into an existing run directory.
         point = find_resume_point(resume, config) if resume is not None else None
+        # A batch that cannot fit fails here, with the estimate, not as a traceback mid-step.
+        check_memory(estimate_peak_memory(config, target, device), device, announce=is_main)
         run_dir: RunDirectory | None = None
         if is_main:
             run_dir = (
@@ -214,12 +229,21 @@ def run_decomposition(
                             sink.log_metrics(
                                 config.steps, {f"final/{k}": v for k, v in summary.items()}
                             )
-                except FloatingPointError as err:
-                    note = f"; {_checkpoint_note(run_dir)}" if run_dir is not None else ""
-                    raise SPDUserError(f"{err}{note}") from None
-                finally:
-                    if run_dir is not None:
+                except (FloatingPointError, SPDUserError) as err:
+                    # A non-finite loss, or e.g. a disk that filled up mid-run: the report is
+                    # attempted, but the line the user sees is this error and where to go on from.
+                    if run_dir is None:
+                        raise SPDUserError(str(err)) from None
+                    with suppress(SPDUserError):
                         write_run_report(run_dir.path)
+                    raise SPDUserError(f"{err}; {_checkpoint_note(run_dir)}") from None
+                except BaseException:
+                    if run_dir is not None:
+                        with suppress(SPDUserError):
+                            write_run_report(run_dir.path)
+                    raise
+                if run_dir is not None:
+                    write_run_report(run_dir.path)
         finally:
             distributed.teardown()
     if result.stopped_at is not None:

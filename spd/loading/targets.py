@@ -37,6 +37,17 @@ def import_class(path: str) -> type:
         raise SPDUserError(
             f"pretrained_model_class '{path}': cannot import module '{module_name}' ({err})"
         ) from None
+    except Exception as err:
+        # The module exists but running it failed (a syntax error, an exception at import time).
+        # In spd's own modules that is a bug and keeps its traceback; in the user's module it is
+        # theirs, named with the first line of the error.
+        if module_name == "spd" or module_name.startswith("spd."):
+            raise
+        first_line = str(err).split("\n")[0]
+        raise SPDUserError(
+            f"pretrained_model_class '{path}': module '{module_name}' was found but fails to "
+            f"import ({type(err).__name__}: {first_line}); fix that module or the import path"
+        ) from None
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise SPDUserError(

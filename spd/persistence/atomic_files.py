@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from spd.errors import write_guard
+
 # What `open(path, "w")` asks for; the kernel then clears the bits the umask names.
 _FILE_MODE = 0o666
 
@@ -28,16 +30,19 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
 
 
 def _atomic_replace(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # A full disk or a read-only directory leaves the earlier file (e.g. the last complete
+    # checkpoint) in place and becomes one line naming the file (`write_guard`).
+    with write_guard("the file", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temporary(path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from spd.config.loading import config_to_yaml
 from spd.config.schema import Config
+from spd.errors import SPDUserError, write_guard
 from spd.persistence.atomic_files import atomic_write_text
 
 OUT_DIR_ENV = "SPD_OUT_DIR"
@@ -27,6 +28,27 @@ CONFIG_FILE = "final_config.yaml"
 def output_root(configured: str | None) -> Path:
     """SPD_OUT_DIR if set, else the config's `out_dir`, else ./spd_out."""
     return Path(os.environ.get(OUT_DIR_ENV) or configured or DEFAULT_ROOT).expanduser()
+
+
+def check_writable_directory(path: Path, what: str) -> None:
+    """Raise `SPDUserError` unless `path` is, or can be created as, a directory this process may
+    write into: every part of it that exists must be a directory, the deepest one writable.
+
+    Called before anything is written, so a wrong output root fails before a run starts.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise SPDUserError(
+            f"{what} {path} is not a directory{where}; choose a directory (out_dir or {OUT_DIR_ENV})"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SPDUserError(
+            f"{what} {path} is not writable ({existing}: permission denied); choose a directory "
+            f"you can write to (out_dir or {OUT_DIR_ENV})"
+        )
 
 
 def save_config(config: Config, path: Path) -> None:
@@ -46,13 +68,16 @@ class RunDirectory:
     @classmethod
     def create(cls, root: Path, name: str) -> "RunDirectory":
         """Make a new directory under `root`; never reuses an existing one."""
-        root.mkdir(parents=True, exist_ok=True)
+        check_writable_directory(root, "output root")
+        with write_guard("the output root", root):
+            root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for attempt in range(1000):
             suffix = "" if attempt == 0 else f"-{attempt}"
             path = root / f"{stamp}-{name}{suffix}"
             try:
-                path.mkdir()
+                with write_guard("a run directory in", root):
+                    path.mkdir()
             except FileExistsError:
                 continue
             return cls(path)
@@ -62,7 +87,11 @@ class RunDirectory:
         save_config(config, self.path / CONFIG_FILE)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        with self.metrics_file.open("a") as handle:
+        # A line cut short by a full disk is dropped on resume (`discard_metrics_from`).
+        with (
+            write_guard("a metrics line to", self.metrics_file),
+            self.metrics_file.open("a") as handle,
+        ):
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def discard_metrics_from(self, step: int) -> None:
@@ -81,9 +110,10 @@ class RunDirectory:
         atomic_write_text(self.metrics_file, "".join(kept))
 
     def save_figure(self, step: int, name: str, figure: Figure) -> Path:
-        self.figures.mkdir(exist_ok=True)
         path = self.figures / f"{name}_{step}.png"
-        figure.savefig(path, dpi=110)
+        with write_guard("the figure", path):
+            self.figures.mkdir(exist_ok=True)
+            figure.savefig(path, dpi=110)
         return path
 
 

@@ -11,13 +11,14 @@ each run's latest figures (embedded), and links each run's own report.html.
 import argparse
 from pathlib import Path
 
-from spd.errors import SPDUserError, run_cli
+from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
 from spd.persistence.atomic_files import atomic_write_text
+from spd.persistence.run_dir import check_writable_directory
 from spd.tracking.report import find_run_directories, read_run, render_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="spd-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     runs = [read_run(path) for path in expand_run_dirs(args.run_dirs)]
     out: Path = args.out
+    if out.is_dir():
+        raise SPDUserError(f"--out {out} is a directory; give the path of the HTML file to write")
+    check_writable_directory(out.parent, "--out's folder")
     atomic_write_text(out, render_summary(runs, out.resolve().parent, title=args.title))
     print(f"spd-report: {len(runs)} run(s) summarised in {out}")
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
 from spd.experiments.registry import EXPERIMENT_REGISTRY, describe_experiments, get_experiment
 from spd.launch import analysis_job
+from spd.launch.arguments import comma_list
 from spd.launch.sweeps import DEFAULT_SWEEP_FILE
 from spd.loading.run_paths import REPO_ROOT
 
@@ -154,9 +155,7 @@ def selected_experiments(names: str | None) -> list[str]:
         raise SPDUserError(
             f"choose what to run with --experiments NAME[,NAME…]; registered: {listing}"
         )
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    if not chosen:
-        raise SPDUserError("--experiments is empty; give comma-separated names")
+    chosen = comma_list(names, "--experiments")
     for name in chosen:
         get_experiment(name)
     return chosen

@@ -11,17 +11,20 @@ and `label_coeffs.json`.
 
 import argparse
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 from tqdm import tqdm
 
+from spd.config.loading import validated_update
 from spd.config.schema import Probability, StrictModel
 from spd.data.sparse_features import SparseFeatureData
-from spd.errors import run_cli
+from spd.errors import OneLineArgumentParser, run_cli
 from spd.experiments.resid_mlp.labels import residual_relu_labels, save_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
+from spd.persistence.run_dir import check_writable_directory
 from spd.train.schedules import lr_at_step
 
 TARGETS_DIR = Path(__file__).parent / "targets"
@@ -35,7 +38,7 @@ class ResidMLPTrainConfig(StrictModel):
     """The recipe of one target; `steps` was chosen so that the loss has flattened out."""
 
     model: ResidMLPModelConfig
-    seed: NonNegativeInt = 0
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     steps: PositiveInt = 2000
     batch_size: PositiveInt = 2048
     lr: PositiveFloat = 3e-3
@@ -114,7 +117,7 @@ def train(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--experiment", choices=[*RECIPES, "all"], default="all")
@@ -125,12 +128,14 @@ def main() -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args()
+    # Wrong --out fails now, not after minutes of training.
+    check_writable_directory(args.out, "--out")
     names = list(RECIPES) if args.experiment == "all" else [args.experiment]
     for name in names:
         update: dict[str, object] = {"seed": args.seed}
         if args.steps is not None:
             update["steps"] = args.steps
-        config = RECIPES[name].model_copy(update=update)
+        config = validated_update(RECIPES[name], update, "command line")
         coeffs = torch.ones(config.model.n_features)
         model = train(config, coeffs, show_progress=not args.no_progress)
         losses = eval_losses(model, config, coeffs)

@@ -10,15 +10,18 @@ reported, and with --retry-seeds the next seeds are tried until one represents e
 
 import argparse
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 from tqdm import tqdm
 
+from spd.config.loading import validated_update
 from spd.config.schema import StrictModel
 from spd.data.sparse_features import SparseFeatureData
-from spd.errors import SPDUserError, run_cli
+from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
 from spd.experiments.tms.models import TMSModel, TMSModelConfig
+from spd.persistence.run_dir import check_writable_directory
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 DEAD_FEATURE_NORM = 0.5
@@ -26,7 +29,7 @@ DEAD_FEATURE_NORM = 0.5
 
 class TMSTrainConfig(StrictModel):
     model: TMSModelConfig
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     steps: PositiveInt = 10_000
     batch_size: PositiveInt = 1024
     lr: PositiveFloat = 5e-3
@@ -84,7 +87,7 @@ def train(config: TMSTrainConfig, show_progress: bool = True) -> TMSModel:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--experiment", choices=[*RECIPES, "all"], default="all")
@@ -102,6 +105,10 @@ def main() -> None:
         "--out", type=Path, default=TARGETS_DIR, help="directory to write <experiment>/ into"
     )
     args = parser.parse_args()
+    if args.retry_seeds < 0:
+        raise SPDUserError(f"--retry-seeds must be 0 or more, got {args.retry_seeds}")
+    # Wrong --out fails now, not after minutes of training.
+    check_writable_directory(args.out, "--out")
     names = list(RECIPES) if args.experiment == "all" else [args.experiment]
     failed: list[str] = []
     for name in names:
@@ -110,7 +117,7 @@ def main() -> None:
             update: dict[str, object] = {"seed": seed}
             if args.steps is not None:
                 update["steps"] = args.steps
-            config = RECIPES[name].model_copy(update=update)
+            config = validated_update(RECIPES[name], update, "command line")
             model = train(config)
             dead = dead_features(model)
             loss = eval_loss(model, config)

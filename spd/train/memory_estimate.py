@@ -1,0 +1,209 @@
+"""An estimate of a run's peak memory, checked against the machine before a run directory exists.
+
+The estimate has two parts:
+
+- the *baseline*: what the process holds already when the check runs (interpreter, torch, the
+  target and the data pipeline), measured, not modelled: the resident set size on the CPU, the
+  memory torch has allocated on a GPU;
+- the *step*: what one training step adds, modelled from the config and the target's shapes.
+  Trainable parameters count four times (value, gradient, AdamW's two moments). Activations are
+  counted per row of a micro-batch (per token for a language model): the causal-importance
+  functions' hidden units, and, for every forward pass that builds a graph (each stochastic mask
+  sample, each layer-wise pass), the outputs of every linear layer of the target, its attention
+  probabilities, and the output the loss compares (twice more for a KL loss: the log-softmaxes).
+  `ACTIVATION_OVERHEAD` covers what autograd keeps besides those (masks, norms, element-wise
+  intermediates); it was fitted on tms_5-2, resid_mlp1 and the offline LM example (docs/memory.md,
+  measured with scripts/measure_memory.py). On the CPU a fixed `CPU_RUNTIME_BYTES` is added.
+
+On the CPU, a target with `independent_rows` trains on its live rows only
+(`spd/losses/row_selection.py`); the estimate counts the rows such a batch is expected to keep.
+"""
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spd.config.schema import Config, LMTaskConfig
+from spd.errors import SPDUserError
+from spd.losses.row_selection import LIVE_ROW_SHARE_MAX
+from spd.models.component_model import match_module_names
+
+FLOAT_BYTES = 4
+# Optimiser-side copies of each trainable parameter: value, gradient, AdamW's exp_avg, exp_avg_sq.
+PARAMETER_COPIES = 4
+# What autograd stores per modelled activation element, beyond the element itself (fitted).
+ACTIVATION_OVERHEAD = 2.2
+# What the first backward pass and optimiser step add to a CPU process whatever the run (autograd
+# engine, kernel libraries loaded on first use): about 100 MiB, measured with a 1-step tms_5-2 run.
+CPU_RUNTIME_BYTES = 100 * 2**20
+# Share of the available memory a run may plan to use; the rest is the allocator's and the OS's.
+USABLE_SHARE = 0.9
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A run's expected peak memory in bytes on `device_type` ('cpu' or 'cuda')."""
+
+    device_type: str
+    baseline_bytes: int
+    step_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.baseline_bytes + self.step_bytes
+
+    def describe(self) -> str:
+        return (
+            f"estimated peak memory {self.peak_bytes / GIB:.2f} GiB on {self.device_type} "
+            f"({self.baseline_bytes / GIB:.2f} GiB already in use + {self.step_bytes / GIB:.2f} "
+            "GiB for a training step)"
+        )
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a decomposable module: nn.Linear, nn.Embedding or GPT-2's Conv1D."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    weight = getattr(module, "weight", None)
+    assert isinstance(weight, torch.Tensor), "match_module_names admits only modules with weights"
+    return int(weight.shape[0]), int(weight.shape[1])
+
+
+def _layer_outputs_per_row(target: nn.Module) -> int:
+    """Elements one row produces across the target's linear and embedding layers."""
+    total = 0
+    for module in target.modules():
+        if isinstance(module, nn.Linear | nn.Embedding) or type(module).__name__ == "Conv1D":
+            total += _shape(module)[1]
+    return total
+
+
+def _output_width(target: nn.Module) -> int:
+    """Width of the target's output (the vocabulary of a language model)."""
+    model_config = getattr(target, "config", None)
+    vocab = getattr(model_config, "vocab_size", None)
+    if isinstance(vocab, int):
+        return vocab
+    widths = [
+        _shape(m)[1]
+        for m in target.modules()
+        if isinstance(m, nn.Linear | nn.Embedding) or type(m).__name__ == "Conv1D"
+    ]
+    return widths[-1] if widths else 1
+
+
+def _attention_per_token(target: nn.Module, seq_len: int) -> int:
+    """Attention probabilities one token keeps per forward pass (layers x heads x positions)."""
+    model_config = getattr(target, "config", None)
+    layers = getattr(model_config, "num_hidden_layers", None)
+    heads = getattr(model_config, "num_attention_heads", None)
+    if not isinstance(layers, int) or not isinstance(heads, int):
+        return 0
+    return layers * heads * seq_len
+
+
+def _gate_parameters(config: Config, d_in: int) -> int:
+    hidden = config.gate_hidden_dims
+    dims = [*hidden, 1]
+    between = sum(a * b + b for a, b in itertools.pairwise(dims))
+    first = (1 if config.gate_type == "mlp" else d_in) * dims[0] + dims[0]
+    return config.C * (first + between)
+
+
+def _expected_row_share(config: Config, target: nn.Module, device: torch.device) -> float:
+    """The share of a batch's rows a training step computes on (see row_selection.py)."""
+    task = config.task_config
+    if device.type != "cpu" or not getattr(target, "independent_rows", False):
+        return 1.0
+    probability = getattr(task, "feature_probability", None)
+    n_features = _output_width(target)
+    if not isinstance(probability, float):
+        return 1.0
+    live = 1.0 - (1.0 - probability) ** n_features
+    return live if live <= LIVE_ROW_SHARE_MAX else 1.0
+
+
+def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
+    """Memory one training step of `config` on `target` adds to the process (see module doc)."""
+    names = match_module_names(target, config.target_module_patterns)
+    modules = dict(target.named_modules())
+    shapes = [_shape(modules[name]) for name in names]
+    parameters = sum(
+        config.C * (d_in + d_out) + _gate_parameters(config, d_in) for d_in, d_out in shapes
+    )
+
+    seq_len = config.task_config.max_seq_len if isinstance(config.task_config, LMTaskConfig) else 1
+    gate_units = sum(config.C * (sum(config.gate_hidden_dims) + 3) for _ in shapes)
+    layerwise = len(shapes) if config.stochastic_recon_layerwise_coeff is not None else 0
+    graph_passes = config.n_mask_samples * (1 + layerwise)
+    graph_passes += 1 if config.recon_coeff is not None else 0
+    graph_passes += len(shapes) if config.recon_layerwise_coeff is not None else 0
+    output = _output_width(target)
+    per_pass = (
+        _layer_outputs_per_row(target)
+        + sum(d_in + config.C + d_out for d_in, d_out in shapes)
+        + _attention_per_token(target, seq_len)
+        + output * (3 if config.output_loss_type == "kl" else 1)
+    )
+    per_row = seq_len * (gate_units + graph_passes * per_pass)
+    rows = config.microbatch_size * _expected_row_share(config, target, device)
+    eval_rows = config.eval_batch_size
+    # Evaluation runs without a graph; its largest tensors are a few copies of the output.
+    eval_per_row = seq_len * (_layer_outputs_per_row(target) + 4 * output + gate_units)
+    activations = max(rows * per_row * ACTIVATION_OVERHEAD, eval_rows * eval_per_row)
+    runtime = CPU_RUNTIME_BYTES if device.type == "cpu" else 0
+    return int(FLOAT_BYTES * (PARAMETER_COPIES * parameters + activations)) + runtime
+
+
+def _process_rss_bytes() -> int:
+    """This process's resident set size, from /proc on Linux; 0 where that does not exist."""
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        return 0
+    return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a run may still take on `device`: free GPU memory, or the machine's available RAM
+    (MemAvailable, i.e. free plus reclaimable caches). None when it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def estimate_peak_memory(config: Config, target: nn.Module, device: torch.device) -> MemoryEstimate:
+    """The run's expected peak: what the process holds now plus one training step."""
+    if device.type == "cuda":
+        baseline = int(torch.cuda.memory_allocated(device))
+    else:
+        baseline = _process_rss_bytes()
+    return MemoryEstimate(device.type, baseline, step_bytes(config, target, device))
+
+
+def check_memory(estimate: MemoryEstimate, device: torch.device, announce: bool = True) -> None:
+    """Print the estimate and raise `SPDUserError` when the step cannot fit in what is available."""
+    if announce:
+        print(f"spd: {estimate.describe()}", flush=True)
+    available = available_bytes(device)
+    if available is None or estimate.step_bytes <= USABLE_SHARE * available:
+        return
+    raise SPDUserError(
+        f"the run does not fit in memory: a training step needs about "
+        f"{estimate.step_bytes / GIB:.2f} GiB but {available / GIB:.2f} GiB is available on "
+        f"{device.type}; lower batch_size / eval_batch_size, or raise gradient_accumulation_steps "
+        "(the step then holds batch_size / gradient_accumulation_steps rows), or lower C"
+    )
