@@ -1,6 +1,6 @@
 """The typed configuration of an SPD run (one YAML file ↔ one `Config`)."""
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -10,6 +10,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,11 +28,11 @@ LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
 
 
-def _has_huge_integer(value: Any) -> bool:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _has_huge_number(value: Any) -> bool:
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return abs(value) >= 2**63
     if isinstance(value, list | tuple):
-        return any(_has_huge_integer(v) for v in value)
+        return any(_has_huge_number(v) for v in value)
     return False
 
 
@@ -41,13 +42,18 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    # Text fields that may be empty; an empty name, path or id anywhere else is a mistake.
+    empty_text_allowed: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("*", mode="after")
     @classmethod
-    def _integers_fit_int64(cls, value: Any) -> Any:
+    def _bounded_values(cls, value: Any, info: ValidationInfo) -> Any:
         # Counts and sizes end up in torch tensors and C code: past int64 they overflow there,
-        # mid-run, instead of here.
-        if _has_huge_integer(value):
-            raise ValueError(f"integers must be below 2**63, got {value!r}")
+        # mid-run, instead of here. No coefficient, rate or exponent is meaningful that large.
+        if _has_huge_number(value):
+            raise ValueError(f"numbers must be below 2**63 in size, got {value!r}")
+        if value == "" and info.field_name not in cls.empty_text_allowed:
+            raise ValueError("must not be empty")
         return value
 
 
@@ -208,6 +214,20 @@ class Config(StrictModel):
     pretrained_model_output_attr: str | None = None
 
     task_config: TaskConfig
+
+    empty_text_allowed: ClassVar[frozenset[str]] = frozenset({"wandb_run_name_prefix"})
+
+    @field_validator("run_name")
+    @classmethod
+    def _check_run_name(cls, name: str | None) -> str | None:
+        # It becomes a directory name: no path separators, no control characters.
+        if name is not None and (
+            "/" in name or "\\" in name or name in (".", "..") or not name.isprintable()
+        ):
+            raise ValueError(
+                f"run_name {name!r} must be usable as a directory name (no '/', '\\', control characters)"
+            )
+        return name
 
     @field_validator("device")
     @classmethod

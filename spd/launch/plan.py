@@ -24,7 +24,7 @@ from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
 from spd.loading.run_paths import is_wandb_path, resolve_run_path
 from spd.loading.targets import load_target_model
 from spd.models.component_model import match_module_names
-from spd.persistence.run_dir import output_root
+from spd.persistence.run_dir import check_writable_directory, output_root
 
 # The W&B fields of `Config` the launcher fills in with --use-wandb (runs of one launch share a
 # group: the launch id).
@@ -137,6 +137,8 @@ def plan_runs(
             overrides = {**user_overrides, **combo}
             provisional = f"{experiment}-{label}" if label else experiment
             base = _validated(experiment, provisional, overrides)
+            # Nothing is written until every run is planned; a wrong output root fails here.
+            check_writable_directory(output_root(base.out_dir), "output root")
             name = (
                 f"{base.run_name or experiment}-{label}" if label else (base.run_name or experiment)
             )

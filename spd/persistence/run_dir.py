@@ -120,4 +120,14 @@ class RunDirectory:
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """All rows of a run's metrics.jsonl (a run directory or the file itself)."""
     file = path / "metrics.jsonl" if path.is_dir() else path
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    lines = [line for line in file.read_text().splitlines() if line.strip()]
+    rows = []
+    for index, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A process killed mid-append, or a disk that filled up, cuts the last line short;
+            # that row was never complete. A broken line anywhere else is real damage.
+            if index != len(lines) - 1:
+                raise
+    return rows

@@ -16,6 +16,7 @@ from jaxtyping import Float
 from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
+from spd.config.loading import parse_yaml_text, read_text_file
 from spd.config.schema import StrictModel
 from spd.persistence.atomic_files import atomic_torch_save, atomic_write_text
 
@@ -90,8 +91,12 @@ class ResidMLP(nn.Module):
     def from_pretrained(cls, path: str | Path) -> "ResidMLP":
         """Load from a directory holding `model.pth` and `train_config.yaml` (with a `model` block)."""
         directory = Path(path)
-        train_config = yaml.safe_load((directory / "train_config.yaml").read_text())
-        model = cls(ResidMLPModelConfig(**train_config["model"]))
+        # Read strictly (UTF-8, no repeated keys): a damaged file must not load with a guessed meaning.
+        config_file = directory / "train_config.yaml"
+        train_config = parse_yaml_text(
+            read_text_file(config_file, "target train config"), str(config_file)
+        )
+        model = cls(ResidMLPModelConfig.model_validate(train_config["model"]))
         state = torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return model

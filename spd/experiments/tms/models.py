@@ -6,17 +6,18 @@ from typing import Literal
 import torch
 import yaml
 from jaxtyping import Float
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from spd.config.loading import parse_yaml_text, read_text_file
 from spd.config.schema import StrictModel
 
 
 class TMSModelConfig(StrictModel):
     n_features: PositiveInt
     n_hidden: PositiveInt
-    n_hidden_layers: int = 0
+    n_hidden_layers: NonNegativeInt = 0
     # Initialisation of W when training from scratch. Xavier-normal, as in the original TMS work:
     # with PyTorch's default (uniform ±1/√n_features) every seed we tried for 40-10 left features
     # dead. The shipped 5-2 targets were trained with the default and record it.
@@ -89,8 +90,12 @@ class TMSModel(nn.Module):
     def from_pretrained(cls, path: str | Path) -> "TMSModel":
         """Load from a directory holding `model.pth` and `train_config.yaml` (with a `model` block)."""
         directory = Path(path)
-        train_config = yaml.safe_load((directory / "train_config.yaml").read_text())
-        model = cls(TMSModelConfig(**train_config["model"]))
+        # Read strictly (UTF-8, no repeated keys): a damaged file must not load with a guessed meaning.
+        config_file = directory / "train_config.yaml"
+        train_config = parse_yaml_text(
+            read_text_file(config_file, "target train config"), str(config_file)
+        )
+        model = cls(TMSModelConfig.model_validate(train_config["model"]))
         model.load_state_dict(
             torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
         )

@@ -1,0 +1,226 @@
+"""The input fuzzer: every generated bad input (tests/input_fuzz.py) must end cleanly.
+
+Clean means: exit code 2, exactly one line on stderr (starting `spd: error:`), no traceback, and
+nothing written under the output root. Most cases run in this process, through the same
+boundary the command lines use (`spd.errors.cli_exit_code` wraps `run_cli`); a sample runs as
+real subprocesses. The fast slice (one seed) is in the default suite; `slow` runs more seeds.
+
+A generated case is invalid by construction, so none should start a run; in case one does,
+`optimize`, the launcher's source tree and the training loops are replaced by tripwires that
+fail loudly (they are not stand-ins: a clean case never reaches them).
+"""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import spd.experiments.lm.lm_decomposition as lm_script
+import spd.experiments.resid_mlp.resid_mlp_decomposition as resid_script
+import spd.experiments.resid_mlp.train_resid_mlp as train_resid
+import spd.experiments.run_decomposition as run_decomposition
+import spd.experiments.tms.tms_decomposition as tms_script
+import spd.experiments.tms.train_tms as train_tms
+import spd.scripts.report as report_script
+import spd.scripts.run as run_script
+from spd.config.loading import load_config
+from spd.errors import cli_exit_code
+from tests.input_fuzz import CASE_DIR, FuzzCase, generate
+from tests.paths import REPO_ROOT
+
+SCRIPTS = {
+    "tms": REPO_ROOT / "spd" / "experiments" / "tms" / "tms_decomposition.py",
+    "resid_mlp": REPO_ROOT / "spd" / "experiments" / "resid_mlp" / "resid_mlp_decomposition.py",
+    "lm": REPO_ROOT / "spd" / "experiments" / "lm" / "lm_decomposition.py",
+    "train_tms": REPO_ROOT / "spd" / "experiments" / "tms" / "train_tms.py",
+    "train_resid_mlp": REPO_ROOT / "spd" / "experiments" / "resid_mlp" / "train_resid_mlp.py",
+}
+SPD_RUN = Path(sys.executable).parent / "spd-run"
+SPD_REPORT = Path(sys.executable).parent / "spd-report"
+FAST_SEEDS = [0]
+SLOW_SEEDS = list(range(1, 11))
+SUBPROCESS_SAMPLE = 4
+
+
+class CaseAccepted(Exception):
+    """Raised by a tripwire: a case meant to be rejected got as far as starting work."""
+
+
+def _tripwire(*_: object, **__: object) -> None:
+    raise CaseAccepted("a bad input was accepted and started a run")
+
+
+def _fill(text: str, case_dir: Path) -> str:
+    return text.replace(CASE_DIR, str(case_dir))
+
+
+def _prepare(case: FuzzCase, case_dir: Path) -> tuple[list[str], dict[str, str]]:
+    case_dir.mkdir(parents=True)
+    for name, content in case.files.items():
+        path = case_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.replace(CASE_DIR.encode(), str(case_dir).encode()))
+    env = {
+        "SPD_OUT_DIR": str(case_dir / "out"),
+        **{k: _fill(v, case_dir) for k, v in case.env.items()},
+    }
+    return [_fill(a, case_dir) for a in case.argv], env
+
+
+def _main_for(case: FuzzCase, argv: list[str]) -> Callable[[], None]:
+    if case.entry == "spd-run":
+        return lambda: run_script.main(argv)
+    if case.entry == "spd-report":
+        return lambda: report_script.main(argv)
+    if case.entry == "load_config":
+
+        def library_call() -> None:
+            load_config(argv[0])
+
+        return library_call
+    scripts = {
+        "tms": tms_script.main,
+        "resid_mlp": resid_script.main,
+        "lm": lm_script.main,
+        "train_tms": train_tms.main,
+        "train_resid_mlp": train_resid.main,
+    }
+    return scripts[case.entry]
+
+
+def _written_under(root: Path) -> list[str]:
+    """Files and folders under the output root (a root that is a file holds nothing)."""
+    if not root.is_dir():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def problems_of(code: int, stderr: str, out_root: Path) -> list[str]:
+    """Why a finished case is not clean (empty when it is)."""
+    found = []
+    lines = stderr.strip().splitlines()
+    if code != 2:
+        found.append(f"exit code {code}")
+    if len(lines) != 1:
+        found.append(f"{len(lines)} lines on stderr")
+    if "Traceback" in stderr:
+        found.append("traceback")
+    if lines and not lines[0].startswith("spd: error: "):
+        found.append("the line is not an spd error")
+    written = _written_under(out_root)
+    if written:
+        found.append(f"wrote {written[:3]}")
+    return found
+
+
+@pytest.fixture
+def tripwires(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(run_decomposition, "optimize", _tripwire)
+    monkeypatch.setattr(run_script, "source_tree", _tripwire)
+    monkeypatch.setattr(train_tms, "train", _tripwire)
+    monkeypatch.setattr(train_resid, "train", _tripwire)
+    yield
+
+
+def run_in_process(case: FuzzCase, case_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run one case through the CLI boundary in this process; its problems (empty: clean)."""
+    argv, env = _prepare(case, case_dir)
+    with monkeypatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.setattr(sys, "argv", [case.entry, *argv])
+        patch.syspath_prepend(str(case_dir))
+        patch.chdir(case_dir)
+        code, stderr = cli_exit_code(_main_for(case, argv))
+    problems = problems_of(code, stderr, Path(env["SPD_OUT_DIR"]))
+    return [*problems, f"stderr: {stderr.strip()[-300:]!r}"] if problems else []
+
+
+def run_in_subprocess(case: FuzzCase, case_dir: Path) -> list[str]:
+    """Run one case as a real command line; its problems (empty: clean)."""
+    argv, env = _prepare(case, case_dir)
+    entry = "tms" if case.entry == "load_config" else case.entry
+    if entry == "spd-run":
+        command = [str(SPD_RUN), *argv]
+    elif entry == "spd-report":
+        command = [str(SPD_REPORT), *argv]
+    else:
+        command = [sys.executable, str(SCRIPTS[entry]), *argv]
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(case_dir)]),
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    result = subprocess.run(
+        command,
+        cwd=case_dir,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    problems = problems_of(result.returncode, result.stderr, Path(env["SPD_OUT_DIR"]))
+    return [*problems, f"stderr: {result.stderr.strip()[-300:]!r}"] if problems else []
+
+
+def fuzz(
+    seeds: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, list[str]]:
+    tried, failures = 0, []
+    for seed in seeds:
+        for index, case in enumerate(generate(seed)):
+            tried += 1
+            problems = run_in_process(case, tmp_path / f"s{seed}-{index}", monkeypatch)
+            if problems:
+                failures.append(f"[seed {seed}] {case.name}: {'; '.join(problems)}")
+    return tried, failures
+
+
+def _report(
+    record_property: Callable[[str, object], None], kind: str, tried: int, failures: list[str]
+) -> None:
+    clean = tried - len(failures)
+    record_property(f"{kind}_tried", tried)
+    record_property(f"{kind}_clean", clean)
+    print(f"\ninput fuzzer ({kind}): {tried} tried, {clean} clean")
+
+
+@pytest.mark.usefixtures("tripwires")
+def test_fuzz_fast_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[[str, object], None]
+) -> None:
+    tried, failures = fuzz(FAST_SEEDS, tmp_path, monkeypatch)
+    _report(record_property, "fast", tried, failures)
+    assert not failures, "\n".join(failures[:20])
+    assert tried >= 300
+    assert not failures, "\n".join(failures[:20])
+
+
+def test_fuzz_sample_in_subprocesses(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    cases = generate(0)
+    step = max(1, len(cases) // SUBPROCESS_SAMPLE)
+    sample = cases[::step][:SUBPROCESS_SAMPLE]
+    failures = []
+    for index, case in enumerate(sample):
+        problems = run_in_subprocess(case, tmp_path / str(index))
+        if problems:
+            failures.append(f"{case.name}: {'; '.join(problems)}")
+    _report(record_property, "subprocess", len(sample), failures)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tripwires")
+def test_fuzz_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[[str, object], None]
+) -> None:
+    tried, failures = fuzz(SLOW_SEEDS, tmp_path, monkeypatch)
+    _report(record_property, "long", tried, failures)
+    assert not failures, "\n".join(failures[:40])
