@@ -43,6 +43,7 @@ SPD_REPORT = Path(sys.executable).parent / "spd-report"
 FAST_SEEDS = [0]
 SLOW_SEEDS = list(range(1, 11))
 SUBPROCESS_SAMPLE = 4
+SLOW_SUBPROCESS_SAMPLE = 30
 
 
 class CaseAccepted(Exception):
@@ -201,19 +202,32 @@ def test_fuzz_fast_slice(
     assert not failures, "\n".join(failures[:20])
 
 
-def test_fuzz_sample_in_subprocesses(
-    tmp_path: Path, record_property: Callable[[str, object], None]
+def subprocess_sample(
+    size: int, record_property: Callable[[str, object], None], tmp_path: Path
 ) -> None:
     cases = generate(0)
-    step = max(1, len(cases) // SUBPROCESS_SAMPLE)
-    sample = cases[::step][:SUBPROCESS_SAMPLE]
+    step = max(1, len(cases) // size)
+    sample = cases[::step][:size]
     failures = []
     for index, case in enumerate(sample):
         problems = run_in_subprocess(case, tmp_path / str(index))
         if problems:
             failures.append(f"{case.name}: {'; '.join(problems)}")
-    _report(record_property, "subprocess", len(sample), failures)
+    _report(record_property, f"subprocess-{size}", len(sample), failures)
     assert not failures, "\n".join(failures)
+
+
+def test_fuzz_sample_in_subprocesses(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    subprocess_sample(SUBPROCESS_SAMPLE, record_property, tmp_path)
+
+
+@pytest.mark.slow
+def test_fuzz_larger_sample_in_subprocesses(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    subprocess_sample(SLOW_SUBPROCESS_SAMPLE, record_property, tmp_path)
 
 
 @pytest.mark.slow
