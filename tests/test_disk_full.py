@@ -4,15 +4,16 @@ exactly the result of a run that never failed.
 The disk fills through the file-size limit (RLIMIT_FSIZE) of a real decomposition process, with
 SIGXFSZ ignored so that a write past the limit fails with EFBIG instead of killing the process
 (what ENOSPC does on a full disk). Metrics logging fails by a limit set at the start (the metrics
-file outgrows it); a checkpoint write fails by a limit lowered from outside (`prlimit`) once the
-first checkpoint exists, so the run has a good checkpoint behind it.
+file outgrows it). For a checkpoint write the limit must fall between two checkpoints of the same
+size, so the process lowers it itself right after its first checkpoint is complete (a wrapper,
+`FILL_DISK_AFTER_FIRST_CHECKPOINT`, that runs the real script; nothing of spd is replaced):
+from then on no checkpoint fits, exactly as if the disk had filled up at that moment.
 """
 
 import resource
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +38,27 @@ METRICS_ARGS = [
 ]
 CHECKPOINT_ARGS = [
     str(TMS_CONFIG),
-    *override_args(steps=2000, save_freq=20, train_log_freq=500, eval_freq=500),
+    *override_args(steps=200, save_freq=20, train_log_freq=100, eval_freq=100),
     "--no-progress",
 ]
+
+# argv: LIMIT SCRIPT ARGS...; runs SCRIPT as __main__ and sets the file-size limit to LIMIT
+# bytes once the first checkpoint has been written (and pruned: the end of `save_checkpoint`).
+FILL_DISK_AFTER_FIRST_CHECKPOINT = """
+import resource, runpy, sys
+import spd.persistence.checkpoints as checkpoints
+
+limit = int(sys.argv[1])
+prune = checkpoints.prune_checkpoints
+
+def prune_then_fill_disk(*args, **kwargs):
+    prune(*args, **kwargs)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+checkpoints.prune_checkpoints = prune_then_fill_disk
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def file_size_limit(limit: int | None) -> Callable[[], None]:
@@ -136,29 +155,34 @@ def test_disk_full_while_writing_a_checkpoint_resumes_exactly(
     assert metrics_size < limit, "only the checkpoints may outgrow the limit"
 
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, str(TMS_SCRIPT), *CHECKPOINT_ARGS, "--run-dir", str(run_dir)],
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FILL_DISK_AFTER_FIRST_CHECKPOINT,
+            str(limit),
+            str(TMS_SCRIPT),
+            *CHECKPOINT_ARGS,
+            "--run-dir",
+            str(run_dir),
+        ],
         env=script_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=300,
+        check=False,
         preexec_fn=file_size_limit(None),
     )
-    deadline = time.monotonic() + 240
-    while not any((run_dir / "checkpoints").glob(CHECKPOINT_GLOB)):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    # From now on no checkpoint fits: the next one fails mid-write.
-    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, limit))
-    _, stderr = process.communicate(timeout=300)
-
     line = assert_one_clean_line(
-        process.returncode, stderr, "model_", "file-size limit", "last good checkpoint kept"
+        failed.returncode,
+        failed.stderr,
+        "model_00000040.pth",
+        "file-size limit",
+        "last good checkpoint kept",
     )
     kept = latest_checkpoint(run_dir)
     assert str(kept) in line
-    assert read_checkpoint(kept)["step"] < 2000
+    assert read_checkpoint(kept)["step"] == 20
     # The failed write left no partial file behind, only complete checkpoints.
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
     for checkpoint in (run_dir / "checkpoints").glob(CHECKPOINT_GLOB):
