@@ -70,7 +70,7 @@ class FuzzCase:
     """One bad input: an entry point, its command line, the files it needs and extra env."""
 
     name: str
-    entry: str  # tms | resid_mlp | lm | spd-run | spd-report | train_tms | train_resid_mlp | load_config
+    entry: str  # a script (tms, train_tms, ...), a console command (spd-run, ...) or load_config
     argv: list[str]
     files: dict[str, bytes] = field(default_factory=dict)  # name in the case dir -> content
     env: dict[str, str] = field(default_factory=dict)
@@ -455,6 +455,19 @@ def argument_cases(rng: random.Random) -> Iterator[FuzzCase]:
     ]
     for name, argv in report:
         yield FuzzCase(f"spd-report: {name}", "spd-report", argv, {"a_file.txt": b"x"})
+    analyze = [
+        ("missing run", [f"{CASE_DIR}/missing"]),
+        ("a file", [A_FILE]),
+        ("not a run", [CASE_DIR]),
+        ("negative tokens", [CASE_DIR, "--tokens", "-5"]),
+        ("non-finite threshold", [CASE_DIR, "--threshold", "nan"]),
+        ("unknown device", [CASE_DIR, "--device", "gpu9"]),
+        ("unknown split", [CASE_DIR, "--split", "validation"]),
+    ]
+    for name, argv in analyze:
+        yield FuzzCase(f"spd-analyze: {name}", "spd-analyze", argv, {"a_file.txt": b"x"})
+    for name, argv in analyze[:3]:
+        yield FuzzCase(f"spd-browse: {name}", "spd-browse", argv, {"a_file.txt": b"x"})
     train = [
         ("unknown experiment", ["--experiment", "tms_5_2"]),
         ("negative seed", ["--experiment", "tms_5-2", "--seed", "-1"]),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import spd.analysis.cli as analysis_cli
 import spd.experiments.lm.lm_decomposition as lm_script
 import spd.experiments.resid_mlp.resid_mlp_decomposition as resid_script
 import spd.experiments.resid_mlp.train_resid_mlp as train_resid
@@ -39,7 +40,6 @@ SCRIPTS = {
     "train_resid_mlp": REPO_ROOT / "spd" / "experiments" / "resid_mlp" / "train_resid_mlp.py",
 }
 SPD_RUN = Path(sys.executable).parent / "spd-run"
-SPD_REPORT = Path(sys.executable).parent / "spd-report"
 FAST_SEEDS = [0]
 SLOW_SEEDS = list(range(1, 11))
 SUBPROCESS_SAMPLE = 4
@@ -76,6 +76,10 @@ def _main_for(case: FuzzCase, argv: list[str]) -> Callable[[], None]:
         return lambda: run_script.main(argv)
     if case.entry == "spd-report":
         return lambda: report_script.main(argv)
+    if case.entry == "spd-analyze":
+        return lambda: analysis_cli.analyze_main(argv)
+    if case.entry == "spd-browse":
+        return lambda: analysis_cli.browse_main(argv)
     if case.entry == "load_config":
 
         def library_call() -> None:
@@ -146,8 +150,8 @@ def run_in_subprocess(case: FuzzCase, case_dir: Path) -> list[str]:
     entry = "tms" if case.entry == "load_config" else case.entry
     if entry == "spd-run":
         command = [str(SPD_RUN), *argv]
-    elif entry == "spd-report":
-        command = [str(SPD_REPORT), *argv]
+    elif entry in ("spd-report", "spd-analyze", "spd-browse"):
+        command = [str(Path(sys.executable).parent / entry), *argv]
     else:
         command = [sys.executable, str(SCRIPTS[entry]), *argv]
     full_env = {

@@ -152,7 +152,14 @@ def load_analysis(path: str | Path) -> Analysis:
         path = path / JSON_FILE
     if not path.is_file():
         raise SPDUserError(f"no analysis at {path}; run `spd-analyze RUN_DIR` first")
-    description = json.loads(path.read_text())
+    try:
+        description = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        description = None
+    if not isinstance(description, dict):
+        raise SPDUserError(
+            f"{path} is not an analysis written by spd-analyze; give a run directory analysed by it"
+        )
     if description.get("format_version") != FORMAT_VERSION:
         raise SPDUserError(
             f"{path} has format version {description.get('format_version')}, this spd reads "
