@@ -293,7 +293,7 @@ def _live_tensors() -> int:
 EVERY_METRIC = [
     {"name": "ci_l0"},
     {"name": "component_activation_density"},
-    {"name": "ground_truth_recovery"},
+    {"name": "ground_truth_recovery", "params": {"layer": "linear1"}},
     {"name": "n_large_subcomponents"},
     {"name": "identity_ci_error", "params": {"identity_layers": ["linear1", "linear2"]}},
     {"name": "dedicated_subcomponents"},

@@ -24,6 +24,8 @@ class Evaluator:
     slow: bool
     params: tuple[str, ...]
     annotations: dict[str, Any]
+    # Parameters without a default: a config must give them (e.g. the layer a metric scores).
+    required: tuple[str, ...] = ()
 
 
 _REGISTRIES: dict[Kind, dict[str, Evaluator]] = {"metric": {}, "figure": {}}
@@ -51,7 +53,10 @@ def _register(
             for p in params
             if signature[p].annotation is not inspect.Parameter.empty
         }
-        _REGISTRIES[kind][name] = Evaluator(name, fn, slow, params, annotations)
+        required = tuple(
+            p for p in params if signature[p].default is inspect.Parameter.empty
+        )
+        _REGISTRIES[kind][name] = Evaluator(name, fn, slow, params, annotations, required)
         return fn
 
     return decorate
@@ -88,6 +93,12 @@ def validate_specs(specs: Iterable[tuple[str, Mapping[str, Any]]], kind: Kind) -
             raise ValueError(
                 f"{kind} '{name}' takes no parameter {', '.join(repr(e) for e in extra)}; "
                 f"it takes: {', '.join(accepted) or 'none'}"
+            )
+        missing = [p for p in known[name].required if p not in params]
+        if missing:
+            raise ValueError(
+                f"{kind} '{name}' needs parameter {', '.join(repr(m) for m in missing)} "
+                f"(e.g. params: {{{missing[0]}: ...}})"
             )
         for param, value in params.items():
             _check_param_type(kind, name, param, value, known[name].annotations.get(param))

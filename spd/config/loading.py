@@ -42,7 +42,7 @@ def _tag(model: type[BaseModel]) -> object:
 
 
 def _describe(error: Any, source: str) -> str:
-    loc = tuple(p for p in error["loc"] if p not in ("tms", "resid_mlp", "lm"))
+    loc = tuple(p for p in error["loc"] if p not in ("tms", "resid_mlp", "lm", "generic"))
     key = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         owner = _model_at(tuple(error["loc"]))

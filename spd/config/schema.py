@@ -118,8 +118,28 @@ class LMTaskConfig(StrictModel):
         return self
 
 
+class GenericTaskConfig(StrictModel):
+    """Input batches for any target, from a function or class named by import path
+    (`spd/experiments/generic/data_source.py` states the contract)."""
+
+    task_name: Literal["generic"] = "generic"
+    data_source: str = Field(
+        description="Import path 'package.module:name' of a function or class called as "
+        "name(batch_size=..., seed=..., **data_params) that yields input batches"
+    )
+    data_params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the data source"
+    )
+    eval_data_params: dict[str, Any] | None = Field(
+        default=None,
+        description="Keyword arguments for the eval stream instead of data_params (null: the "
+        "same); the eval stream is seeded differently either way",
+    )
+
+
 TaskConfig = Annotated[
-    TMSTaskConfig | ResidMLPTaskConfig | LMTaskConfig, Field(discriminator="task_name")
+    TMSTaskConfig | ResidMLPTaskConfig | LMTaskConfig | GenericTaskConfig,
+    Field(discriminator="task_name"),
 ]
 
 

@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from spd.config.evaluators import register_figure
+from spd.errors import SPDUserError
 from spd.eval.context import EvalContext, diagonal_permutation
 
 
@@ -85,13 +86,21 @@ def uv_matrices(
 
 @register_figure("feature_vectors")
 def feature_vectors(
-    ctx: EvalContext, layer: str = "linear1", n_subcomponents: int = 8
+    ctx: EvalContext, layer: str | None = None, n_subcomponents: int = 8
 ) -> dict[str, Figure]:
     """The target's input-feature columns W[:, j] and those of the largest subcomponents.
+
+    `layer`: the decomposed layer to draw (default: the first decomposed layer).
 
     With a 2-dimensional output the columns are drawn as arrows (the TMS picture); otherwise as
     heatmaps of the (features × hidden) matrices.
     """
+    layer = layer if layer is not None else ctx.model.module_names[0]
+    if layer not in ctx.model.components:
+        raise SPDUserError(
+            f"figure feature_vectors: layer '{layer}' is not decomposed; decomposed: "
+            f"{', '.join(ctx.model.components)}"
+        )
     comp = ctx.model.components[layer]
     with torch.no_grad():
         target = comp.as_in_out(ctx.model.target_weight(layer)).cpu().numpy()  # (features, hidden)

@@ -7,6 +7,7 @@ Add one: write `fn(ctx: EvalContext, **params) -> dict[str, float]` here and dec
 import torch
 
 from spd.config.evaluators import register_metric
+from spd.errors import SPDUserError
 from spd.eval.ci_patterns import (
     dense_errors,
     group_by_patterns,
@@ -44,8 +45,9 @@ def component_activation_density(ctx: EvalContext, threshold: float = 0.1) -> di
 
 
 @register_metric("ground_truth_recovery")
-def ground_truth_recovery(ctx: EvalContext, layer: str = "linear1") -> dict[str, float]:
-    """MMCS and ML2R of `layer` (see `mmcs_ml2r`)."""
+def ground_truth_recovery(ctx: EvalContext, layer: str) -> dict[str, float]:
+    """MMCS and ML2R of `layer`, the decomposed layer whose input columns are the ground-truth
+    features (named in the config; see `mmcs_ml2r`)."""
     return mmcs_ml2r(ctx.model, layer)
 
 
@@ -56,6 +58,11 @@ def mmcs_ml2r(model: ComponentModel, layer: str) -> dict[str, float]:
     cosine similarity with W[:, j] is its best match; MMCS averages those similarities, ML2R the
     ratios of the matched column norms to ‖W[:, j]‖.
     """
+    if layer not in model.components:
+        raise SPDUserError(
+            f"ground-truth layer '{layer}' is not decomposed; decomposed: "
+            f"{', '.join(model.components)}"
+        )
     comp = model.components[layer]
     with torch.no_grad():
         target = comp.as_in_out(model.target_weight(layer))  # (d_in, d_out): row j is W[:, j]

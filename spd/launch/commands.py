@@ -6,7 +6,6 @@ from typing import Any
 
 import yaml
 
-from spd.experiments.registry import get_experiment
 from spd.launch.plan import PlannedRun
 
 
@@ -19,6 +18,13 @@ def yaml_value(value: Any) -> str:
 def in_tree(path: Path, package_root: Path, tree: Path) -> Path:
     """Where a file of the running source (under `package_root`) lies in another copy `tree`."""
     return tree / path.resolve().relative_to(package_root.resolve())
+
+
+def _config_in_tree(path: Path, package_root: Path, tree: Path) -> Path:
+    """A shipped config is taken from the run's copy of the code; a user's file stays where it is."""
+    if path.resolve().is_relative_to(package_root.resolve()):
+        return in_tree(path, package_root, tree)
+    return path.resolve()
 
 
 def run_command(
@@ -34,15 +40,14 @@ def run_command(
     With `run_dir` the run lives in that fixed directory (`--run-dir`), so the same command line
     continues it from its checkpoint after a SLURM requeue.
     """
-    spec = get_experiment(run.experiment)
     launcher = [sys.executable]
     if dp > 1:
         # --standalone: a rendezvous on a free local port, so tasks sharing a node do not clash.
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={dp}"]
     cmd = [
         *launcher,
-        str(in_tree(spec.decomp_script, package_root, tree)),
-        str(in_tree(spec.config_path, package_root, tree)),
+        str(in_tree(run.source.script, package_root, tree)),
+        str(_config_in_tree(run.source.config_path, package_root, tree)),
     ]
     for key, value in run.overrides.items():
         cmd += ["--override", f"{key}={yaml_value(value)}"]

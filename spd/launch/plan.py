@@ -19,7 +19,8 @@ from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.experiments.lm.sources import local_source_overrides
-from spd.experiments.registry import get_experiment
+from spd.experiments.tasks import get_task
+from spd.launch.run_sources import RunSource, experiment_source, user_path_overrides
 from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
 from spd.loading.run_paths import is_wandb_path, resolve_run_path
 from spd.loading.targets import load_target_model
@@ -46,13 +47,15 @@ class LaunchSettings:
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of a launch: its overrides (in the order they are passed) and validated config;
-    `swept` holds the values its sweep chose (empty without a sweep)."""
+    `swept` holds the values its sweep chose (empty without a sweep). `experiment` is the name of
+    its source (a registered experiment or a `--config` file)."""
 
     experiment: str
     name: str
     overrides: dict[str, Any]
     config: Config
     swept: dict[str, Any]
+    source: RunSource
 
     @property
     def out_dir(self) -> Path:
@@ -66,10 +69,14 @@ def new_launch_id(suffix: str | None = None) -> str:
     return f"{launch_id}-{suffix}" if suffix else launch_id
 
 
-def _validated(experiment: str, name: str, overrides: dict[str, Any]) -> Config:
-    spec = get_experiment(experiment)
+def _validated(source: RunSource, name: str, overrides: dict[str, Any]) -> Config:
     try:
-        return load_config(spec.config_path, overrides)
+        config = load_config(source.config_path, overrides)
+        # The task must be runnable (e.g. a data source importable) before anything starts.
+        task = get_task(config.task_config.task_name)
+        if task.check is not None:
+            task.check(config)
+        return config
     except SPDUserError as err:
         raise SPDUserError(f"run '{name}' is invalid, nothing was launched: {err}") from None
 
@@ -122,21 +129,26 @@ def _check_patterns(name: str, config: Config, targets: dict[tuple[str, str], nn
 
 
 def plan_runs(
-    experiments: list[str],
+    experiments: list[str] | list[RunSource],
     user_overrides: dict[str, Any],
     sweep: Sweep | None,
     settings: LaunchSettings,
 ) -> list[PlannedRun]:
-    """Every run of the launch, each config validated; raises naming the first invalid run."""
+    """Every run of the launch, each config validated; raises naming the first invalid run.
+
+    `experiments` are registered experiment names or sources (`--config` files).
+    """
     runs: list[PlannedRun] = []
     targets: dict[tuple[str, str], nn.Module] = {}
-    for experiment in experiments:
+    for entry in experiments:
+        source = experiment_source(entry) if isinstance(entry, str) else entry
+        experiment = source.name
         combos = expand_grid(sweep.params_for(experiment)) if sweep is not None else [{}]
         labels = unique_names([run_label(combo) for combo in combos])
         for combo, label in zip(combos, labels, strict=True):
             overrides = {**user_overrides, **combo}
             provisional = f"{experiment}-{label}" if label else experiment
-            base = _validated(experiment, provisional, overrides)
+            base = _validated(source, provisional, overrides)
             # Nothing is written until every run is planned; a wrong output root fails here.
             check_writable_directory(output_root(base.out_dir), "output root")
             name = (
@@ -146,6 +158,7 @@ def plan_runs(
                 _check_cpu(name, overrides)
             launcher = {
                 **local_source_overrides(base),
+                **user_path_overrides(source, base),
                 "run_name": name,
                 "out_dir": str(output_root(base.out_dir).resolve() / settings.launch_id),
                 **({"device": "cpu"} if settings.cpu else {}),
@@ -156,7 +169,7 @@ def plan_runs(
                 ),
             }
             overrides = {**overrides, **launcher}
-            config = _validated(experiment, name, overrides)
+            config = _validated(source, name, overrides)
             _check_dp(name, config, settings.dp)
             _check_patterns(name, config, targets)
             runs.append(
@@ -166,6 +179,7 @@ def plan_runs(
                     overrides=overrides,
                     config=config,
                     swept=combo,
+                    source=source,
                 )
             )
     return runs

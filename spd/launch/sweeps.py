@@ -98,7 +98,7 @@ def load_sweep(path: Path, known_experiments: list[str]) -> Sweep:
     if unknown:
         raise SPDUserError(
             f"sweep file {path}: unknown block '{unknown[0]}'; blocks are '{GLOBAL_BLOCK}' or "
-            f"registered experiments: {', '.join(known_experiments)}"
+            f"the launch's experiments (or --config names): {', '.join(known_experiments)}"
         )
     blocks = {str(name): _flatten_block(block, str(name), path) for name, block in data.items()}
     return Sweep(path=path, global_params=blocks.pop(GLOBAL_BLOCK, {}), experiment_params=blocks)

@@ -5,6 +5,7 @@
     spd-run --experiments tms_5-2 --sweep --n-agents 4       # grid of spd/scripts/sweep_params.yaml
     spd-run --experiments tms_5-2 --dp 2                     # one task, 2 GPUs, torchrun
     spd-run --experiments tms_5-2 --local --cpu --override steps=2000
+    spd-run --config my_run.yaml [--config other.yaml] --local   # your own config file(s)
 
 Every run's config is validated before anything is submitted. On SLURM, the tasks run from a git
 snapshot of the working tree (branch spd-snapshot/<launch id>), write their run directories under
@@ -47,11 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spd-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--experiments", default=None, help="comma-separated names (required; see --list)")
+    add("--experiments", default=None, help="comma-separated names (required unless --config; see --list)")
     add(
         "--list",
         action="store_true",
         help="list the registered experiments (expected runtime, network needs) and exit",
+    )
+    add(
+        "--config",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="run this YAML config (its task_config.task_name picks the task); repeatable",
+    )
+    add(
+        "--time-minutes",
+        type=int,
+        default=None,
+        help="SLURM time limit of each --config run (default: 120)",
     )
     add(
         "--sweep",
@@ -126,16 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
 def resume_command(run_dir: Path, overrides: list[str], cpu: bool, no_progress: bool) -> list[str]:
     """The command line that continues the run in `run_dir` with its experiment's script."""
     from spd.config.loading import read_yaml
+    from spd.experiments.tasks import get_task
+    from spd.launch.run_sources import DECOMPOSE_SCRIPT
     from spd.persistence.resume import check_run_directory
     from spd.persistence.run_dir import CONFIG_FILE
 
     check_run_directory(run_dir)
     task_config = read_yaml(run_dir / CONFIG_FILE).get("task_config")
     task = task_config.get("task_name") if isinstance(task_config, dict) else None
-    scripts = [s.decomp_script for s in EXPERIMENT_REGISTRY.values() if s.task_name == task]
-    if not scripts:
-        raise SPDUserError(f"cannot resume {run_dir}: no registered experiment runs task '{task}'")
-    cmd = [sys.executable, str(scripts[0]), "--resume", str(run_dir)]
+    if not isinstance(task, str):
+        raise SPDUserError(f"cannot resume {run_dir}: its config names no task_config.task_name")
+    get_task(task)
+    cmd = [sys.executable, str(DECOMPOSE_SCRIPT), "--resume", str(run_dir)]
     for override in overrides:
         cmd += ["--override", override]
     if cpu:
@@ -260,7 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume is not None:
         resume(args)
         return
-    experiments = selected_experiments(args.experiments)
+    from spd.launch.run_sources import config_sources, experiment_source
+
+    if args.config is not None and args.experiments is not None:
+        raise SPDUserError("give --experiments or --config, not both")
+    experiments = (
+        config_sources(args.config, args.time_minutes)
+        if args.config is not None
+        else [experiment_source(n) for n in selected_experiments(args.experiments)]
+    )
     check_options(args)
     analysis_job.check_arguments(args)
     from spd.experiments.run_decomposition import parse_override
@@ -270,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     from spd.launch.report import build_report, write_manifest
     from spd.launch.sweeps import load_sweep
 
-    sweep = load_sweep(args.sweep, list(EXPERIMENT_REGISTRY)) if args.sweep is not None else None
+    names = [source.name for source in experiments]
+    sweep = load_sweep(args.sweep, names) if args.sweep is not None else None
     launch_id = new_launch_id(args.job_suffix)
     settings = LaunchSettings(
         launch_id=launch_id,
@@ -356,8 +382,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def resume(args: argparse.Namespace) -> None:
     """Continue one stopped run here; passes the script's exit code on (75: stopped again)."""
-    if args.experiments is not None:
-        raise SPDUserError("--resume continues the run it names; drop --experiments")
+    if args.experiments is not None or args.config is not None:
+        raise SPDUserError("--resume continues the run it names; drop --experiments / --config")
     if not args.local:
         raise SPDUserError(
             "--resume runs here; add --local (a requeued SLURM task resumes by itself)"
@@ -391,9 +417,7 @@ def submit(
     job = slurm.ArrayJob(
         job_name=job_name,
         commands=commands,
-        time_minutes=slurm.time_limit_minutes(
-            [get_experiment(r.experiment).expected_runtime for r in runs]
-        ),
+        time_minutes=slurm.time_limit_minutes([r.source.expected_runtime for r in runs]),
         log_dir=slurm.log_dir(),
         workdir=tree,
         pythonpath=tree,

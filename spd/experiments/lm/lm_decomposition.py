@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from spd.config.schema import Config, LMTaskConfig
 from spd.data.lm_data import lm_batches, load_tokenizer
 from spd.errors import SPDUserError, run_cli
+from spd.experiments.decompose import decompose_main
 from spd.experiments.lm.sources import resolve_sources
-from spd.experiments.run_decomposition import parse_args, run_decomposition
+from spd.experiments.tasks import Task
 from spd.train.optimize import OptimizeResult
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -82,18 +83,16 @@ def summarize(result: OptimizeResult) -> dict[str, float]:
     }
 
 
+TASK = Task(
+    name="lm",
+    make_data=make_data,
+    summarize=lambda result, _config: summarize(result),
+    prepare=resolve_sources,
+)
+
+
 def main() -> None:
-    config, args = parse_args(__doc__ or "")
-    config = resolve_sources(config)
-    run_decomposition(
-        config,
-        "lm",
-        make_data,
-        summarize,
-        show_progress=not args.no_progress,
-        resume=args.resume,
-        run_dir_path=args.run_dir,
-    )
+    decompose_main(__doc__ or "", script_task="lm")
 
 
 if __name__ == "__main__":

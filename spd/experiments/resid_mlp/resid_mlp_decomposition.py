@@ -36,8 +36,10 @@ from spd.eval.ci_patterns import (
     n_with_sole_dedicated,
 )
 from spd.eval.context import diagonal_permutation
+from spd.experiments.decompose import decompose_main
 from spd.experiments.resid_mlp.models import ResidMLP
-from spd.experiments.run_decomposition import parse_args, run_decomposition
+from spd.experiments.run_decomposition import DecompositionRun
+from spd.experiments.tasks import Task
 from spd.models.component_model import ComponentModel
 from spd.persistence.atomic_files import atomic_write_text
 from spd.train.optimize import OptimizeResult
@@ -141,26 +143,18 @@ def verdict(scores: dict[str, float]) -> str:
     )
 
 
-def main() -> None:
-    config, args = parse_args(__doc__ or "")
+def summarize(result: OptimizeResult, config: Config) -> dict[str, float]:
+    """The CI-pattern scores on one-hot inputs and the final training losses."""
+    final_losses = {
+        k.removeprefix("train/"): v
+        for k, v in result.final_metrics.items()
+        if k.startswith("train/loss/")
+    }
+    return {**ci_pattern_scores(result.model, config), **final_losses}
 
-    def summarize(result: OptimizeResult) -> dict[str, float]:
-        final_losses = {
-            k.removeprefix("train/"): v
-            for k, v in result.final_metrics.items()
-            if k.startswith("train/loss/")
-        }
-        return {**ci_pattern_scores(result.model, config), **final_losses}
 
-    run = run_decomposition(
-        config,
-        "resid_mlp",
-        make_data,
-        summarize,
-        show_progress=not args.no_progress,
-        resume=args.resume,
-        run_dir_path=args.run_dir,
-    )
+def finish(run: DecompositionRun, config: Config) -> None:
+    """Add the one-line verdict to summary.json and print it."""
     line = verdict(run.summary)
     summary_path = run.path / "summary.json"
     atomic_write_text(
@@ -168,6 +162,13 @@ def main() -> None:
         json.dumps({**run.summary, "verdict": line}, indent=2, ensure_ascii=False) + "\n",
     )
     print(f"spd: {line}")
+
+
+TASK = Task(name="resid_mlp", make_data=make_data, summarize=summarize, finish=finish)
+
+
+def main() -> None:
+    decompose_main(__doc__ or "", script_task="resid_mlp")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
     python spd/experiments/tms/tms_decomposition.py spd/experiments/tms/tms_5_2_config.yaml
 
-At the end, the ground-truth scores of `linear1` (MMCS, ML2R) and, for models with identity
-hidden layers, the number of large subcomponents of each identity layer are printed, logged to
-metrics.jsonl (as `final/…`) and written to summary.json.
+At the end, the ground-truth scores (MMCS, ML2R) of the layers the config's
+`ground_truth_recovery` metrics name (else of the first decomposed layer) and, for models with
+identity hidden layers, the number of large subcomponents of each identity layer are printed,
+logged to metrics.jsonl (as `final/…`) and written to summary.json. The same runs through
+`spd/experiments/decompose.py` (task `tms`).
 """
 
 from collections.abc import Iterator
@@ -16,11 +18,27 @@ from spd.config.schema import Config, TMSTaskConfig
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import SPDUserError, run_cli
 from spd.eval.metrics import large_subcomponent_counts, mmcs_ml2r
-from spd.experiments.run_decomposition import parse_args, run_decomposition
+from spd.experiments.decompose import decompose_main
+from spd.experiments.tasks import Task
 from spd.train import distributed
 from spd.train.optimize import OptimizeResult
 
 EVAL_SEED_OFFSET = 1_000_003
+
+
+def input_features(target: nn.Module) -> int:
+    """The number of input features: the target's `config.n_features`, else the input width of
+    its first `nn.Linear` (whatever that layer is called)."""
+    n_features = getattr(getattr(target, "config", None), "n_features", None)
+    if isinstance(n_features, int):
+        return n_features
+    first = next((m for m in target.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise SPDUserError(
+            f"task 'tms' feeds sparse feature vectors, but {type(target).__name__} has no "
+            "nn.Linear to read their width from; use task_name 'generic' with your own data_source"
+        )
+    return first.in_features
 
 
 def make_data(
@@ -35,9 +53,7 @@ def make_data(
         raise SPDUserError(
             f"tms_decomposition.py needs task_config.task_name 'tms', got '{task.task_name}'"
         )
-    linear1 = target.get_submodule("linear1")
-    assert isinstance(linear1, nn.Linear), "a TMS target has an nn.Linear `linear1`"
-    n_features = linear1.in_features
+    n_features = input_features(target)
 
     def stream(seed: int, batch_size: int) -> Iterator[Tensor]:
         data = SparseFeatureData(
@@ -57,25 +73,33 @@ def make_data(
     )
 
 
-def summarize(result: OptimizeResult) -> dict[str, float]:
-    """MMCS/ML2R of linear1 and, for identity layers, the count of large subcomponents."""
-    summary = mmcs_ml2r(result.model, layer="linear1")
+def ground_truth_layers(config: Config | None, decomposed: list[str]) -> list[str]:
+    """The layers scored against the ground truth: those the config's `ground_truth_recovery`
+    metrics name, else the first decomposed layer (the features' input layer of a TMS)."""
+    named = [
+        str(spec.params["layer"])
+        for spec in (config.metrics if config is not None else [])
+        if spec.name == "ground_truth_recovery" and "layer" in spec.params
+    ]
+    return named or decomposed[:1]
+
+
+def summarize(result: OptimizeResult, config: Config | None = None) -> dict[str, float]:
+    """MMCS/ML2R of the ground-truth layers and, for identity layers, the count of large
+    subcomponents."""
+    summary: dict[str, float] = {}
+    for layer in ground_truth_layers(config, result.model.module_names):
+        summary.update(mmcs_ml2r(result.model, layer=layer))
     large = large_subcomponent_counts(result.model)
     summary.update({k: v for k, v in large.items() if "hidden_layers" in k})
     return summary
 
 
+TASK = Task(name="tms", make_data=make_data, summarize=summarize)
+
+
 def main() -> None:
-    config, args = parse_args(__doc__ or "")
-    run_decomposition(
-        config,
-        "tms",
-        make_data,
-        summarize,
-        show_progress=not args.no_progress,
-        resume=args.resume,
-        run_dir_path=args.run_dir,
-    )
+    decompose_main(__doc__ or "", script_task="tms")
 
 
 if __name__ == "__main__":

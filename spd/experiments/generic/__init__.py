@@ -1,0 +1,1 @@
+"""The `generic` task: any target, fed by a data source named by import path in the config."""
