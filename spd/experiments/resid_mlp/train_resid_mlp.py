@@ -1,12 +1,17 @@
-"""Train the residual-MLP targets with the spec's recipe.
+"""Train residual-MLP targets of any size from a YAML training config.
 
+    python spd/experiments/resid_mlp/train_resid_mlp.py my_resid.yaml [--override model.d_mlp=20]
     python spd/experiments/resid_mlp/train_resid_mlp.py --experiment resid_mlp1 [--seed 0]
 
-Recipe (spec §7): each feature active w.p. 0.01 with value U[-1, 1]; labels y = x + ReLU(x);
-MSE between the read-off output and the labels; AdamW (weight decay 0.01), lr 3e-3 with a cosine
-schedule, batch 2048. Only the MLP weights train; the embedding is fixed. The trained model goes
-to `targets/<experiment>/` with `train_config.yaml` (recipe, model shape and final eval losses)
-and `label_coeffs.json`.
+A training config (`ResidMLPTrainConfig`; the shipped recipes are `train_configs/<name>.yaml`)
+sets the shape (`model.n_features`, `model.d_embed`, `model.d_mlp` neurons per layer,
+`model.n_layers`, `model.embed_seed`), the label coefficients (`label_coeffs`), the data
+(`feature_probability`) and the optimisation (`steps`, `batch_size`, `lr`, `weight_decay`, `seed`).
+Recipe of the shipped targets: each feature active w.p. 0.01 with value U[-1, 1]; labels
+y = x + ReLU(x); MSE between the read-off output and the labels; AdamW (weight decay 0.01),
+lr 3e-3 with a cosine schedule, batch 2048. Only the MLP weights train; the embedding is fixed.
+The target directory gets `model.pth`, `train_config.yaml` (recipe, model shape and final eval
+losses) and `label_coeffs.json`.
 """
 
 import argparse
@@ -15,19 +20,27 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveFloat, PositiveInt
+from jaxtyping import Float
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from torch import Tensor
 from tqdm import tqdm
 
-from spd.config.loading import validated_update
 from spd.config.schema import Probability, StrictModel
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import OneLineArgumentParser, run_cli
 from spd.experiments.resid_mlp.labels import residual_relu_labels, save_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
-from spd.persistence.run_dir import check_writable_directory
+from spd.experiments.train_configs import (
+    add_arguments,
+    load_train_config,
+    parsed_overrides,
+    selected_jobs,
+    shipped_configs,
+)
 from spd.train.schedules import lr_at_step
 
 TARGETS_DIR = Path(__file__).parent / "targets"
+TRAIN_CONFIGS_DIR = Path(__file__).parent / "train_configs"
 VALUE_RANGE = (-1.0, 1.0)
 EVAL_SEED_OFFSET = 10_000
 EVAL_EXAMPLES = 100_000
@@ -44,18 +57,32 @@ class ResidMLPTrainConfig(StrictModel):
     lr: PositiveFloat = 3e-3
     weight_decay: float = 0.01
     feature_probability: Probability = 0.01
+    label_coeffs: float | list[float] = Field(
+        default=1.0,
+        description="c of the labels y = x + ReLU(c ⊙ x): one number for every feature, or one "
+        "per feature",
+    )
+
+    @model_validator(mode="after")
+    def _check_coeffs(self) -> "ResidMLPTrainConfig":
+        if isinstance(self.label_coeffs, list) and len(self.label_coeffs) != self.model.n_features:
+            raise ValueError(
+                f"label_coeffs has {len(self.label_coeffs)} values but model.n_features is "
+                f"{self.model.n_features}; give one per feature or a single number"
+            )
+        return self
+
+    def coeffs(self) -> Float[Tensor, " n_features"]:
+        """The label coefficients as one value per feature."""
+        if isinstance(self.label_coeffs, list):
+            return torch.tensor(self.label_coeffs)
+        return torch.full((self.model.n_features,), float(self.label_coeffs))
 
 
+# The recipes of the shipped targets, read from their shipped training configs.
 RECIPES: dict[str, ResidMLPTrainConfig] = {
-    "resid_mlp1": ResidMLPTrainConfig(
-        model=ResidMLPModelConfig(n_features=100, d_mlp=50, n_layers=1)
-    ),
-    "resid_mlp2": ResidMLPTrainConfig(
-        model=ResidMLPModelConfig(n_features=100, d_mlp=25, n_layers=2)
-    ),
-    "resid_mlp3": ResidMLPTrainConfig(
-        model=ResidMLPModelConfig(n_features=102, d_mlp=17, n_layers=3)
-    ),
+    name: load_train_config(ResidMLPTrainConfig, path)
+    for name, path in shipped_configs(TRAIN_CONFIGS_DIR).items()
 }
 
 
@@ -120,26 +147,19 @@ def main() -> None:
     parser = OneLineArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiment", choices=[*RECIPES, "all"], default="all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
-    parser.add_argument(
-        "--out", type=Path, default=TARGETS_DIR, help="directory to write <experiment>/ into"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_arguments(parser, list(RECIPES))
+    parser.add_argument("--seed", type=int, default=None, help="sets seed")
+    parser.add_argument("--steps", type=int, default=None, help="sets steps")
     args = parser.parse_args()
-    # Wrong --out fails now, not after minutes of training.
-    check_writable_directory(args.out, "--out")
-    names = list(RECIPES) if args.experiment == "all" else [args.experiment]
-    for name in names:
-        update: dict[str, object] = {"seed": args.seed}
-        if args.steps is not None:
-            update["steps"] = args.steps
-        config = validated_update(RECIPES[name], update, "command line")
-        coeffs = torch.ones(config.model.n_features)
+    overrides = parsed_overrides(args)
+    for key, value in (("seed", args.seed), ("steps", args.steps)):
+        if value is not None:
+            overrides[key] = value
+    for name, path, out in selected_jobs(args, shipped_configs(TRAIN_CONFIGS_DIR), TARGETS_DIR):
+        config = load_train_config(ResidMLPTrainConfig, path, overrides)
+        coeffs = config.coeffs()
         model = train(config, coeffs, show_progress=not args.no_progress)
         losses = eval_losses(model, config, coeffs)
-        out = args.out / name
         model.save(out, {**config.model_dump(), **losses})
         save_label_coeffs(out, coeffs)
         print(

@@ -1,11 +1,18 @@
-"""Train the TMS targets with the spec's recipe and check that every feature is represented.
+"""Train TMS targets of any size from a YAML training config; check every feature is represented.
 
+    python spd/experiments/tms/train_tms.py my_tms.yaml [--override model.n_features=12] [--out DIR]
     python spd/experiments/tms/train_tms.py --experiment tms_5-2 [--seed 0] [--retry-seeds 5]
 
-Recipe: reconstruct sparse inputs (each feature active w.p. 0.05, value U[0, 1]) with MSE,
-AdamW (weight decay 0.01), constant lr 5e-3, 10k steps, batch 1024 (5-2) or 8192 (40-10).
+A training config (`TMSTrainConfig`; the shipped recipes are `train_configs/<name>.yaml`) sets
+the shape (`model.n_features`, `model.n_hidden`, `model.n_hidden_layers` fixed identity layers,
+`model.init`), the data (`feature_probability`), the optimisation (`steps`, `batch_size`, `lr`,
+`weight_decay`), `seed` and `retry_seeds`. Recipe of the shipped targets: reconstruct sparse
+inputs (each feature active w.p. 0.05, value U[0, 1]) with MSE, AdamW (weight decay 0.01),
+constant lr 5e-3, 10k steps, batch 1024 (5-2) or 8192 (40-10).
 A target in which some feature has a column norm ‖W[:, j]‖ below 0.5 has a dead feature: it is
-reported, and with --retry-seeds the next seeds are tried until one represents every feature.
+reported, and with `retry_seeds` the next seeds are tried until one represents every feature.
+The target directory gets `model.pth` and `train_config.yaml`; point a decomposition config's
+`pretrained_model_path` at it.
 """
 
 import argparse
@@ -13,43 +20,46 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from tqdm import tqdm
 
-from spd.config.loading import validated_update
-from spd.config.schema import StrictModel
+from spd.config.schema import Probability, StrictModel
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
 from spd.experiments.tms.models import TMSModel, TMSModelConfig
-from spd.persistence.run_dir import check_writable_directory
+from spd.experiments.train_configs import (
+    add_arguments,
+    load_train_config,
+    parsed_overrides,
+    selected_jobs,
+    shipped_configs,
+)
 
 TARGETS_DIR = Path(__file__).parent / "targets"
+TRAIN_CONFIGS_DIR = Path(__file__).parent / "train_configs"
 DEAD_FEATURE_NORM = 0.5
 
 
 class TMSTrainConfig(StrictModel):
+    """How one TMS target is trained (one YAML file)."""
+
     model: TMSModelConfig
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     steps: PositiveInt = 10_000
     batch_size: PositiveInt = 1024
     lr: PositiveFloat = 5e-3
     weight_decay: float = 0.01
-    feature_probability: float = 0.05
+    feature_probability: Probability = 0.05
+    retry_seeds: NonNegativeInt = Field(
+        default=0,
+        description="How many further seeds to try (seed+1, …) when a feature dies",
+    )
 
 
-# The seeds are those of the shipped targets: the first that represented every feature.
+# The recipes of the shipped targets, read from their shipped training configs.
 RECIPES: dict[str, TMSTrainConfig] = {
-    "tms_5-2": TMSTrainConfig(model=TMSModelConfig(n_features=5, n_hidden=2, init="torch_default")),
-    "tms_5-2-id": TMSTrainConfig(
-        model=TMSModelConfig(n_features=5, n_hidden=2, n_hidden_layers=1, init="torch_default"),
-        seed=4,
-    ),
-    "tms_40-10": TMSTrainConfig(
-        model=TMSModelConfig(n_features=40, n_hidden=10), batch_size=8192, seed=2
-    ),
-    "tms_40-10-id": TMSTrainConfig(
-        model=TMSModelConfig(n_features=40, n_hidden=10, n_hidden_layers=1), batch_size=8192
-    ),
+    name: load_train_config(TMSTrainConfig, path)
+    for name, path in shipped_configs(TRAIN_CONFIGS_DIR).items()
 }
 
 
@@ -86,60 +96,60 @@ def train(config: TMSTrainConfig, show_progress: bool = True) -> TMSModel:
     return model
 
 
+def train_until_alive(
+    name: str, config: TMSTrainConfig, out: Path, show_progress: bool = True
+) -> bool:
+    """Train seeds `seed … seed + retry_seeds` until one represents every feature; save that
+    one to `out`. Returns whether one did."""
+    for seed in range(config.seed, config.seed + config.retry_seeds + 1):
+        attempt = config.model_copy(update={"seed": seed})
+        model = train(attempt, show_progress=show_progress)
+        dead = dead_features(model)
+        loss = eval_loss(model, attempt)
+        if not dead:
+            model.save(out, {**attempt.model_dump(), "final_eval_loss": loss})
+            print(
+                f"{name}: seed {seed}, all {attempt.model.n_features} features represented, "
+                f"eval MSE {loss:.5f} -> {out}",
+                flush=True,
+            )
+            return True
+        norms = model.linear1.weight.detach().norm(dim=0)
+        shown = ", ".join(f"{j}: {norms[j]:.2f}" for j in dead)
+        print(
+            f"{name}: seed {seed} leaves feature(s) dead (‖W[:, j]‖ < {DEAD_FEATURE_NORM}: "
+            f"{shown}); not saved",
+            flush=True,
+        )
+    return False
+
+
 def main() -> None:
     parser = OneLineArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiment", choices=[*RECIPES, "all"], default="all")
-    parser.add_argument(
-        "--seed", type=int, default=None, help="first seed to try (default: the recipe's)"
-    )
-    parser.add_argument(
-        "--retry-seeds",
-        type=int,
-        default=0,
-        help="try up to this many further seeds if features die",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
-    parser.add_argument(
-        "--out", type=Path, default=TARGETS_DIR, help="directory to write <experiment>/ into"
-    )
+    add_arguments(parser, list(RECIPES))
+    parser.add_argument("--seed", type=int, default=None, help="first seed to try (sets seed)")
+    parser.add_argument("--retry-seeds", type=int, default=None, help="sets retry_seeds")
+    parser.add_argument("--steps", type=int, default=None, help="sets steps")
     args = parser.parse_args()
-    if args.retry_seeds < 0:
-        raise SPDUserError(f"--retry-seeds must be 0 or more, got {args.retry_seeds}")
-    # Wrong --out fails now, not after minutes of training.
-    check_writable_directory(args.out, "--out")
-    names = list(RECIPES) if args.experiment == "all" else [args.experiment]
+    overrides = parsed_overrides(args)
+    for key, value in (
+        ("seed", args.seed),
+        ("retry_seeds", args.retry_seeds),
+        ("steps", args.steps),
+    ):
+        if value is not None:
+            overrides[key] = value
     failed: list[str] = []
-    for name in names:
-        first = RECIPES[name].seed if args.seed is None else args.seed
-        for seed in range(first, first + args.retry_seeds + 1):
-            update: dict[str, object] = {"seed": seed}
-            if args.steps is not None:
-                update["steps"] = args.steps
-            config = validated_update(RECIPES[name], update, "command line")
-            model = train(config)
-            dead = dead_features(model)
-            loss = eval_loss(model, config)
-            if not dead:
-                out = args.out / name
-                model.save(out, {**config.model_dump(), "final_eval_loss": loss})
-                print(
-                    f"{name}: seed {seed}, all {config.model.n_features} features represented, eval MSE {loss:.5f} -> {out}",
-                    flush=True,
-                )
-                break
-            norms = model.linear1.weight.detach().norm(dim=0)
-            shown = ", ".join(f"{j}: {norms[j]:.2f}" for j in dead)
-            print(
-                f"{name}: seed {seed} leaves feature(s) dead (‖W[:, j]‖ < {DEAD_FEATURE_NORM}: {shown}); not saved",
-                flush=True,
-            )
-        else:
+    for name, path, out in selected_jobs(args, shipped_configs(TRAIN_CONFIGS_DIR), TARGETS_DIR):
+        config = load_train_config(TMSTrainConfig, path, overrides)
+        if not train_until_alive(name, config, out, show_progress=not args.no_progress):
             failed.append(name)
     if failed:
         raise SPDUserError(
-            f"no seed tried represented every feature for: {', '.join(failed)}; raise --retry-seeds"
+            f"no seed tried represented every feature for: {', '.join(failed)}; raise retry_seeds "
+            "(--retry-seeds)"
         )
 
 
