@@ -53,9 +53,7 @@ def _register(
             for p in params
             if signature[p].annotation is not inspect.Parameter.empty
         }
-        required = tuple(
-            p for p in params if signature[p].default is inspect.Parameter.empty
-        )
+        required = tuple(p for p in params if signature[p].default is inspect.Parameter.empty)
         _REGISTRIES[kind][name] = Evaluator(name, fn, slow, params, annotations, required)
         return fn
 

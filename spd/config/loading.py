@@ -1,16 +1,20 @@
 """Reading a `Config` from YAML, applying overrides, and reporting mistakes in one line."""
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from spd.config.original_format import looks_original, translate_original
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 
 _M = TypeVar("_M", bound=BaseModel)
+# (source, note) pairs already printed: a launcher validates each config more than once.
+_WARNED: set[tuple[str, str]] = set()
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -182,13 +186,41 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+def upgrade_original(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` translated from the original implementation's format if it is in that format,
+    with one warning line on stderr per translated key; otherwise `data` itself."""
+    if not looks_original(data):
+        return data
+    try:
+        translated, notes = translate_original(data, frozenset(Config.model_fields))
+    except SPDUserError as err:
+        raise SPDUserError(f"{source}: {err}") from None
+    for note in notes:
+        warn_once(source, f"original-format key: {note}")
+    return translated
+
+
+def warn_once(source: str, message: str) -> None:
+    """Print `spd: warning: <source>: <message>` on stderr, once per process."""
+    if (source, message) not in _WARNED:
+        _WARNED.add((source, message))
+        print(f"spd: warning: {source}: {message}", file=sys.stderr)
+
+
+def config_dict(path: Path | str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config file as a mapping in this format (translated from the original format if it is
+    in that one), with dotted-key overrides applied; not yet validated."""
+    data = upgrade_original(read_yaml(Path(path)), str(path))
+    return apply_overrides(data, overrides) if overrides else data
+
+
 def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Config:
-    """Load and validate a YAML config file, with optional dotted-key overrides."""
-    path = Path(path)
-    data = read_yaml(path)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return config_from_dict(data, source=str(path))
+    """Load and validate a YAML config file, with optional dotted-key overrides.
+
+    A file in the original implementation's format is translated (see `upgrade_original`); its
+    targets' weight tying is decided by `spd.loading.run_config.load_run_config`.
+    """
+    return config_from_dict(config_dict(path, overrides), source=str(path))
 
 
 def config_to_yaml(config: Config) -> str:

@@ -25,9 +25,9 @@ import yaml
 from torch import Tensor, nn
 
 from spd.config.device import resolve_device
-from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.errors import OneLineArgumentParser, SPDUserError
+from spd.loading.run_config import load_run_config
 from spd.loading.targets import load_target_model
 from spd.models.component_model import match_module_names
 from spd.persistence.atomic_files import atomic_write_text
@@ -113,7 +113,7 @@ def parse_args(description: str) -> tuple[Config, argparse.Namespace]:
     if config_path is None:
         raise SPDUserError("give a config file, or --resume RUN_DIR to continue a run")
     overrides = dict(parse_override(o) for o in args.override)
-    return load_config(config_path, overrides), args
+    return load_run_config(config_path, overrides), args
 
 
 @dataclass

@@ -15,13 +15,13 @@ from typing import Any
 
 from torch import nn
 
-from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.experiments.lm.sources import local_source_overrides
 from spd.experiments.tasks import get_task
 from spd.launch.run_sources import RunSource, experiment_source, user_path_overrides
 from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
+from spd.loading.run_config import load_run_config
 from spd.loading.run_paths import is_wandb_path, resolve_run_path
 from spd.loading.targets import load_target_model
 from spd.models.component_model import match_module_names
@@ -71,7 +71,7 @@ def new_launch_id(suffix: str | None = None) -> str:
 
 def _validated(source: RunSource, name: str, overrides: dict[str, Any]) -> Config:
     try:
-        config = load_config(source.config_path, overrides)
+        config = load_run_config(source.config_path, overrides)
         # The task must be runnable (e.g. a data source importable) before anything starts.
         task = get_task(config.task_config.task_name)
         if task.check is not None:

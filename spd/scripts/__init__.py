@@ -1,4 +1,5 @@
-"""Stage 12, the console scripts: `spd-run` (`run`) and `spd-report` (`report`).
+"""Stage 12, the console scripts: `spd-run` (`run`), `spd-report` (`report`) and `spd-config`
+(`config_cli`).
 
 May import: every stage.
 """

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spd-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--experiments", default=None, help="comma-separated names (required unless --config; see --list)")
+    add(
+        "--experiments",
+        default=None,
+        help="comma-separated names (required unless --config; see --list)",
+    )
     add(
         "--list",
         action="store_true",

@@ -5,19 +5,23 @@
 `W_E` (n_features × d_embed) has unit-norm rows, is drawn once from a seed and never trained;
 it is a buffer, so it is saved with the state dict but is not a parameter. The blocks are
 `layers.N.mlp_in` (d_embed → d_mlp) and `layers.N.mlp_out` (d_mlp → d_embed), `nn.Linear`
-without bias, which is what SPD decomposes.
+without bias, which is what SPD decomposes. Targets of the original implementation may differ in
+three ways, each a field of `ResidMLPModelConfig`: GELU instead of ReLU, MLP biases, and a stored
+unembedding `W_U` in place of W_Eᵀ.
 """
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
 from jaxtyping import Float
-from pydantic import NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from spd.config.loading import parse_yaml_text, read_text_file
 from spd.config.schema import StrictModel
+from spd.loading.original_targets import OriginalTarget, find_original_target
 from spd.persistence.atomic_files import atomic_torch_save, atomic_write_text
 
 
@@ -29,6 +33,17 @@ class ResidMLPModelConfig(StrictModel):
     d_mlp: PositiveInt
     n_layers: PositiveInt
     embed_seed: NonNegativeInt = 0
+    act_fn: Literal["relu", "gelu"] = Field(
+        default="relu", description="The MLP nonlinearity (the original's targets may use gelu)"
+    )
+    mlp_bias: bool = Field(
+        default=False, description="Whether mlp_in and mlp_out have biases (kept, not decomposed)"
+    )
+    own_unembed: bool = Field(
+        default=False,
+        description="Read off with a stored W_U (d_embed × n_features) instead of W_Eᵀ, as the "
+        "original's targets do",
+    )
 
 
 def random_unit_embedding(
@@ -41,15 +56,16 @@ def random_unit_embedding(
 
 
 class MLPBlock(nn.Module):
-    """One residual block's MLP: mlp_out(relu(mlp_in(h)))."""
+    """One residual block's MLP: mlp_out(act(mlp_in(h))), act ReLU (or GELU)."""
 
-    def __init__(self, d_embed: int, d_mlp: int) -> None:
+    def __init__(self, d_embed: int, d_mlp: int, act_fn: str = "relu", bias: bool = False) -> None:
         super().__init__()
-        self.mlp_in = nn.Linear(d_embed, d_mlp, bias=False)
-        self.mlp_out = nn.Linear(d_mlp, d_embed, bias=False)
+        self.mlp_in = nn.Linear(d_embed, d_mlp, bias=bias)
+        self.mlp_out = nn.Linear(d_mlp, d_embed, bias=bias)
+        self.act = nn.GELU() if act_fn == "gelu" else nn.ReLU()
 
     def forward(self, h: Float[Tensor, "... d_embed"]) -> Float[Tensor, "... d_embed"]:
-        return self.mlp_out(torch.relu(self.mlp_in(h)))
+        return self.mlp_out(self.act(self.mlp_in(h)))
 
 
 class ResidMLP(nn.Module):
@@ -62,6 +78,7 @@ class ResidMLP(nn.Module):
     TRAIN_HINT = "train it with: python spd/experiments/resid_mlp/train_resid_mlp.py --experiment resid_mlpN (N = 1, 2, 3)"
 
     W_E: Tensor
+    W_U: Tensor
 
     def __init__(self, config: ResidMLPModelConfig) -> None:
         super().__init__()
@@ -69,15 +86,18 @@ class ResidMLP(nn.Module):
         self.register_buffer(
             "W_E", random_unit_embedding(config.n_features, config.d_embed, config.embed_seed)
         )
+        if config.own_unembed:
+            self.register_buffer("W_U", self.W_E.T.clone())
         self.layers = nn.ModuleList(
-            MLPBlock(config.d_embed, config.d_mlp) for _ in range(config.n_layers)
+            MLPBlock(config.d_embed, config.d_mlp, config.act_fn, config.mlp_bias)
+            for _ in range(config.n_layers)
         )
 
     def forward(self, x: Float[Tensor, "... n_features"]) -> Float[Tensor, "... n_features"]:
         h = x @ self.W_E
         for layer in self.layers:
             h = h + layer(h)
-        return h @ self.W_E.T
+        return h @ (self.W_U if self.config.own_unembed else self.W_E.T)
 
     def save(self, directory: Path, train_config: dict[str, object]) -> None:
         """Write `model.pth` (state dict, embedding included) and `train_config.yaml`."""
@@ -89,8 +109,13 @@ class ResidMLP(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ResidMLP":
-        """Load from a directory holding `model.pth` and `train_config.yaml` (with a `model` block)."""
+        """Load from a directory holding `model.pth` and `train_config.yaml` (with a `model` block),
+        or from the original implementation's `resid_mlp.pth` + `resid_mlp_train_config.yaml`
+        (the file or its directory; see `spd.loading.original_targets`)."""
         directory = Path(path)
+        original = None if (directory / "model.pth").is_file() else find_original_target(directory)
+        if original is not None:
+            return cls._from_original(original)
         # Read strictly (UTF-8, no repeated keys): a damaged file must not load with a guessed meaning.
         config_file = directory / "train_config.yaml"
         train_config = parse_yaml_text(
@@ -98,5 +123,23 @@ class ResidMLP(nn.Module):
         )
         model = cls(ResidMLPModelConfig.model_validate(train_config["model"]))
         state = torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model
+
+    @classmethod
+    def _from_original(cls, target: OriginalTarget) -> "ResidMLP":
+        block = target.model_block()
+        state = torch.load(target.weights, map_location="cpu", weights_only=True)
+        model = cls(
+            ResidMLPModelConfig(
+                n_features=block["n_features"],
+                d_embed=block["d_embed"],
+                d_mlp=block["d_mlp"],
+                n_layers=block["n_layers"],
+                act_fn=block.get("act_fn_name", "relu"),
+                mlp_bias=any(k.endswith(".bias") for k in state),
+                own_unembed="W_U" in state,
+            )
+        )
         model.load_state_dict(state)
         return model

@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from spd.config.loading import parse_yaml_text, read_text_file
 from spd.config.schema import StrictModel
+from spd.loading.original_targets import OriginalTarget, find_original_target
 
 
 class TMSModelConfig(StrictModel):
@@ -88,8 +89,13 @@ class TMSModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TMSModel":
-        """Load from a directory holding `model.pth` and `train_config.yaml` (with a `model` block)."""
+        """Load from a directory holding `model.pth` and `train_config.yaml` (with a `model` block),
+        or from the original implementation's `tms.pth` + `tms_train_config.yaml` (the file or its
+        directory; see `spd.loading.original_targets`)."""
         directory = Path(path)
+        original = None if (directory / "model.pth").is_file() else find_original_target(directory)
+        if original is not None:
+            return cls._from_original(original)
         # Read strictly (UTF-8, no repeated keys): a damaged file must not load with a guessed meaning.
         config_file = directory / "train_config.yaml"
         train_config = parse_yaml_text(
@@ -99,4 +105,23 @@ class TMSModel(nn.Module):
         model.load_state_dict(
             torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
         )
+        return model
+
+    @classmethod
+    def _from_original(cls, target: OriginalTarget) -> "TMSModel":
+        block = target.model_block()
+        model = cls(
+            TMSModelConfig(
+                n_features=block["n_features"],
+                n_hidden=block["n_hidden"],
+                n_hidden_layers=block.get("n_hidden_layers", 0),
+            )
+        )
+        state = torch.load(target.weights, map_location="cpu", weights_only=True)
+        # A tied target's linear2 weight is linear1's transpose whether or not it was stored.
+        if "linear2.weight" not in state and "linear1.weight" in state:
+            state["linear2.weight"] = state["linear1.weight"].T.contiguous()
+        model.load_state_dict(state)
+        for layer in model.hidden_layers:
+            layer.requires_grad_(False)
         return model

@@ -1,0 +1,37 @@
+"""Loading a run's config as the scripts do: the file's own settings plus what its target implies.
+
+A config in the original implementation's format never set weight tying: a TMS target was tied
+when its own training config said so. `load_run_config` keeps that meaning: when the config
+does not set `tied_weights` and its target is in the original's layout
+(`spd.loading.original_targets`), the tying comes from the target's training config, with a
+warning line saying so.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from spd.config.loading import config_dict, config_from_dict, warn_once
+from spd.config.schema import Config
+from spd.loading.original_targets import original_tied_weights
+
+
+def with_target_ties(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` with `tied_weights` set from an original-layout target when the config has none."""
+    path = data.get("pretrained_model_path")
+    if "tied_weights" in data or not isinstance(path, str):
+        return data
+    ties = original_tied_weights(path)
+    if ties is None:
+        return data
+    warn_once(
+        source,
+        f"tied_weights: {ties or 'none'} from the training config of the original-format "
+        f"target {path}",
+    )
+    return {**data, "tied_weights": ties or None}
+
+
+def load_run_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Config:
+    """`load_config`, with weight tying taken from an original-format target (see above)."""
+    data = with_target_ties(config_dict(path, overrides), str(path))
+    return config_from_dict(data, source=str(path))
