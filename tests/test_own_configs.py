@@ -15,6 +15,14 @@ import yaml
 
 from spd.errors import SPDUserError
 from spd.experiments.generic.data_source import import_data_source
+from spd.experiments.resid_mlp.labels import load_label_coeffs
+from spd.experiments.resid_mlp.models import ResidMLP
+from spd.experiments.resid_mlp.train_resid_mlp import RECIPES as RESID_RECIPES
+from spd.experiments.tms.train_tms import RECIPES as TMS_RECIPES
+from spd.launch.commands import run_command
+from spd.launch.plan import LaunchSettings, plan_runs
+from spd.launch.run_sources import DEFAULT_CONFIG_RUNTIME, config_sources
+from spd.launch.sweeps import load_sweep
 from spd.models.component_model import ComponentModel
 from spd.scripts.run import main as spd_run
 from tests.paths import REPO_ROOT, TMS_DIR
@@ -317,3 +325,89 @@ def test_a_tms_of_a_new_size_is_recovered_with_mmcs_above_0_99(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mmcs/linear1"] >= 0.99, summary
     assert 0.9 <= summary["ml2r/linear1"] <= 1.1, summary
+
+
+# --- the launcher's plumbing of --config: commands, sweeps, data parallelism ---
+
+
+def test_config_runs_use_the_generic_script_with_the_users_file_and_sweep_by_its_name(
+    tmp_path: Path,
+) -> None:
+    config = _tms_decomposition_config(tmp_path, TMS_DIR / "targets" / "tms_5-2", **QUICK)
+    (source,) = config_sources([config], minutes=None)
+    assert source.name == "tms_6-3" and source.expected_runtime == DEFAULT_CONFIG_RUNTIME
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("tms_6-3:\n  seed: {values: [1, 2]}\n")
+    sweep = load_sweep(sweep_file, [source.name])
+    runs = plan_runs([source], {}, sweep, LaunchSettings(launch_id="L"))
+    assert [r.name for r in runs] == ["tms_6-3-seed=1", "tms_6-3-seed=2"]
+    tree = tmp_path / "tree"
+    cmd = run_command(runs[0], REPO_ROOT, tree, dp=2, no_progress=True)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    script = cmd.index(str(tree / "spd" / "experiments" / "decompose.py"))
+    # The user's own file stays where it is; a shipped one would come from the run's tree.
+    assert cmd[script + 1] == str(config.resolve())
+
+
+def test_train_resid_mlp_trains_a_new_size_with_per_feature_label_coefficients(
+    tmp_path: Path,
+) -> None:
+    coeffs = [1.0, 2.0, 0.5, 1.5, 1.0, 3.0]
+    train_config = tmp_path / "resid_6.yaml"
+    train_config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"n_features": 6, "d_embed": 12, "d_mlp": 4, "n_layers": 2},
+                "steps": 20,
+                "batch_size": 64,
+                "label_coeffs": coeffs,
+            }
+        )
+    )
+    out = tmp_path / "resid_6"
+    script = REPO_ROOT / "spd" / "experiments" / "resid_mlp" / "train_resid_mlp.py"
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(train_config),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--override",
+            "model.embed_seed=3",
+        ],
+        check=True,
+        env=_env(tmp_path),
+    )
+    model = ResidMLP.from_pretrained(out)
+    assert model.config.n_features == 6 and model.config.n_layers == 2
+    assert model.config.embed_seed == 3
+    assert load_label_coeffs(out).tolist() == coeffs
+    bad = subprocess.run(
+        [sys.executable, str(script), str(train_config), "--override", "label_coeffs=[1.0]"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        check=False,
+    )
+    assert bad.returncode == 2
+    (line,) = bad.stderr.strip().splitlines()
+    assert "label_coeffs has 1 values but model.n_features is 6" in line
+
+
+@pytest.mark.parametrize(
+    ("family", "targets"),
+    [("tms", TMS_DIR / "targets"), ("resid_mlp", REPO_ROOT / "spd/experiments/resid_mlp/targets")],
+)
+def test_the_shipped_training_configs_are_the_recipes_of_the_shipped_targets(
+    family: str, targets: Path
+) -> None:
+    recipes = TMS_RECIPES if family == "tms" else RESID_RECIPES
+    assert sorted(recipes) == sorted(p.name for p in targets.iterdir() if p.is_dir())
+    for name, recipe in recipes.items():
+        written = yaml.safe_load((targets / name / "train_config.yaml").read_text())
+        assert type(recipe.model)(**written["model"]) == recipe.model, name
+        for key, value in recipe.model_dump(exclude={"model"}).items():
+            if key in written:
+                assert written[key] == value, (name, key)
