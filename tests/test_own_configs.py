@@ -14,10 +14,13 @@ import torch
 import yaml
 
 from spd.errors import SPDUserError
+from spd.experiments import tasks
 from spd.experiments.generic.data_source import import_data_source
 from spd.experiments.resid_mlp.labels import load_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.resid_mlp.train_resid_mlp import RECIPES as RESID_RECIPES
+from spd.experiments.tasks import Task, get_task, register_task
+from spd.experiments.tms.tms_decomposition import make_data as tms_make_data
 from spd.experiments.tms.train_tms import RECIPES as TMS_RECIPES
 from spd.launch.commands import run_command
 from spd.launch.plan import LaunchSettings, plan_runs
@@ -411,3 +414,38 @@ def test_the_shipped_training_configs_are_the_recipes_of_the_shipped_targets(
         for key, value in recipe.model_dump(exclude={"model"}).items():
             if key in written:
                 assert written[key] == value, (name, key)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiments", "tms_5-2", "--config", "{config}"], "give --experiments or --config"),
+        (["--experiments", "tms_5-2", "--time-minutes", "5"], "--time-minutes is for --config"),
+        (["--config", "{config}", "--time-minutes", "0"], "--time-minutes must be at least 1"),
+        (["--config", "{missing}"], "config file not found"),
+    ],
+)
+def test_bad_config_options_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    config = _tms_decomposition_config(tmp_path, TMS_DIR / "targets" / "tms_5-2", **QUICK)
+    monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path / "out"))
+    args = [a.format(config=config, missing=tmp_path / "missing.yaml") for a in args]
+    with pytest.raises(SPDUserError, match=message) as err:
+        spd_run([*args, "--local"])
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tasks_are_looked_up_by_name_and_a_plug_in_can_register_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert get_task("tms").make_data is tms_make_data
+    assert get_task("generic").check is not None
+    with pytest.raises(SPDUserError, match="'my_task' names no runnable task; runnable: generic"):
+        get_task("my_task")
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # the plug-in stays in this test
+    plug_in = Task(name="my_task", make_data=tms_make_data, summarize=lambda _r, _c: {})
+    assert register_task(plug_in) is plug_in and get_task("my_task") is plug_in
+    with pytest.raises(ValueError, match="registered twice"):
+        register_task(Task(name="my_task", make_data=tms_make_data, summarize=lambda *_: {}))

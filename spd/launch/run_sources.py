@@ -40,6 +40,8 @@ def config_sources(paths: list[Path], minutes: int | None) -> list[RunSource]:
     Files are read here (a missing file or bad YAML fails before anything starts); two files of
     the same name get numbered names.
     """
+    if minutes is not None and minutes < 1:
+        raise SPDUserError(f"--time-minutes must be at least 1, got {minutes}")
     sources: list[RunSource] = []
     taken: set[str] = set()
     for path in paths:

@@ -285,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.config is not None and args.experiments is not None:
         raise SPDUserError("give --experiments or --config, not both")
+    if args.time_minutes is not None and args.config is None:
+        raise SPDUserError(
+            "--time-minutes is for --config runs; experiments use their registry time"
+        )
     experiments = (
         config_sources(args.config, args.time_minutes)
         if args.config is not None
