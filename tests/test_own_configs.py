@@ -449,3 +449,16 @@ def test_tasks_are_looked_up_by_name_and_a_plug_in_can_register_one(
     assert register_task(plug_in) is plug_in and get_task("my_task") is plug_in
     with pytest.raises(ValueError, match="registered twice"):
         register_task(Task(name="my_task", make_data=tms_make_data, summarize=lambda *_: {}))
+
+
+def test_a_generic_run_continues_with_spd_run_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target_dir = _user_package(tmp_path, monkeypatch)
+    config_path = _user_config(tmp_path, target_dir)
+    monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path / "out"))
+    spd_run(["--config", str(config_path), "--local", "--no-progress", "--override", "figures=[]"])
+    (run_dir,) = _run_dirs(tmp_path / "out")
+    spd_run(["--resume", str(run_dir), "--local", "--no-progress", "--override", "steps=30"])
+    assert (run_dir / "checkpoints" / "model_00000030.pth").is_file()
+    assert yaml.safe_load((run_dir / "final_config.yaml").read_text())["steps"] == 30

@@ -13,7 +13,8 @@ from spd.errors import SPDUserError
 from spd.experiments.registry import EXPERIMENTS_DIR, get_experiment
 
 DECOMPOSE_SCRIPT = EXPERIMENTS_DIR / "decompose.py"
-# SLURM time limit (minutes) of a config file's run unless --time-minutes says otherwise.
+# Expected runtime (minutes) of a config file's run unless --time-minutes says otherwise; the
+# SLURM time limit adds the launcher's margin to it, as for a registered experiment.
 DEFAULT_CONFIG_RUNTIME = 120
 
 

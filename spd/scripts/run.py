@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-minutes",
         type=int,
         default=None,
-        help="SLURM time limit of each --config run (default: 120)",
+        help="expected runtime in minutes of each --config run (default 120); the SLURM time "
+        "limit adds the same margin as for registered experiments",
     )
     add(
         "--sweep",
