@@ -9,7 +9,8 @@ file, or a command line, in a way no valid input looks like. The kinds of mutati
   fit in memory), empty, unicode where only a fixed vocabulary is accepted;
 - file content: truncated before the required keys, binary / not UTF-8, NUL bytes, not a
   mapping, nested too deeply, a directory instead of a file;
-- command lines of the decomposition scripts, spd-run, spd-report and the training scripts.
+- command lines of the decomposition scripts, spd-run, spd-report, spd-analyze, spd-browse,
+  spd-config and the training scripts.
 """
 
 import json
@@ -245,10 +246,20 @@ def config_cases(rng: random.Random, per_config: int) -> Iterator[FuzzCase]:
         cases.append(file_case("empty file", b""))
         cases.append(file_case("nested too deeply", b"C: " + b"[" * 5000 + b"]" * 5000 + b"\n"))
         cases.append(file_case("YAML syntax error", text.encode() + b"\n  bad: [indent\n"))
-        # The library boundary: load_config raises only SPDUserError for the same files.
+        # The library boundary: load_config raises only SPDUserError for the same files; and
+        # `spd-config upgrade` reads them through the same loader.
         for case in rng.sample(cases, k=min(4, len(cases))):
             cases.append(
                 FuzzCase(case.name + " (load_config)", "load_config", case.argv, case.files)
+            )
+        for case in rng.sample(cases, k=min(3, len(cases))):
+            cases.append(
+                FuzzCase(
+                    case.name + " (spd-config upgrade)",
+                    "spd-config",
+                    ["upgrade", *case.argv],
+                    case.files,
+                )
             )
         yield from rng.sample(cases, k=min(per_config, len(cases)))
 
@@ -468,6 +479,15 @@ def argument_cases(rng: random.Random) -> Iterator[FuzzCase]:
         yield FuzzCase(f"spd-analyze: {name}", "spd-analyze", argv, {"a_file.txt": b"x"})
     for name, argv in analyze[:3]:
         yield FuzzCase(f"spd-browse: {name}", "spd-browse", argv, {"a_file.txt": b"x"})
+    upgrade = [
+        ("no command", []),
+        ("unknown command", ["downgrade", A_FILE]),
+        ("missing file", ["upgrade", f"{CASE_DIR}/missing.yaml"]),
+        ("a directory", ["upgrade", CASE_DIR]),
+        ("not a config", ["upgrade", A_FILE]),
+    ]
+    for name, argv in upgrade:
+        yield FuzzCase(f"spd-config: {name}", "spd-config", argv, {"a_file.txt": b"x"})
     train = [
         ("unknown experiment", ["--experiment", "tms_5_2"]),
         ("negative seed", ["--experiment", "tms_5-2", "--seed", "-1"]),

@@ -25,6 +25,7 @@ import spd.experiments.resid_mlp.train_resid_mlp as train_resid
 import spd.experiments.run_decomposition as run_decomposition
 import spd.experiments.tms.tms_decomposition as tms_script
 import spd.experiments.tms.train_tms as train_tms
+import spd.scripts.config_cli as config_cli
 import spd.scripts.report as report_script
 import spd.scripts.run as run_script
 from spd.config.loading import load_config
@@ -80,6 +81,8 @@ def _main_for(case: FuzzCase, argv: list[str]) -> Callable[[], None]:
         return lambda: analysis_cli.analyze_main(argv)
     if case.entry == "spd-browse":
         return lambda: analysis_cli.browse_main(argv)
+    if case.entry == "spd-config":
+        return lambda: config_cli.main(argv)
     if case.entry == "load_config":
 
         def library_call() -> None:
@@ -150,7 +153,7 @@ def run_in_subprocess(case: FuzzCase, case_dir: Path) -> list[str]:
     entry = "tms" if case.entry == "load_config" else case.entry
     if entry == "spd-run":
         command = [str(SPD_RUN), *argv]
-    elif entry in ("spd-report", "spd-analyze", "spd-browse"):
+    elif entry in ("spd-report", "spd-analyze", "spd-browse", "spd-config"):
         command = [str(Path(sys.executable).parent / entry), *argv]
     else:
         command = [sys.executable, str(SCRIPTS[entry]), *argv]
@@ -203,7 +206,6 @@ def test_fuzz_fast_slice(
     _report(record_property, "fast", tried, failures)
     assert not failures, "\n".join(failures[:20])
     assert tried >= 300
-    assert not failures, "\n".join(failures[:20])
 
 
 def subprocess_sample(
