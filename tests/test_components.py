@@ -377,3 +377,19 @@ def test_ci_function_init_gain_two_before_gelu_and_one_at_the_output(
         assert w.numel() >= 4000
         assert float(w.detach().std()) == pytest.approx(expected, rel=0.03)
         assert abs(float(w.detach().mean())) < 0.05 * expected
+
+
+def test_a_shared_storage_tie_shares_again_after_the_model_is_moved(
+    tms_target: TargetFactory,
+) -> None:
+    # `.to(dtype)` (like `.to(device)`) gives every parameter a new tensor of its own.
+    model = ComponentModel(
+        tms_target(), ["linear1", "linear2"], C=4, tied_weights=[("linear1", "linear2")]
+    )
+    model.init_components_from_target(seed=0)
+    model.to(torch.float64)
+    first, second = model.components["linear1"], model.components["linear2"]
+    assert second.V.dtype == torch.float64
+    assert second.V.untyped_storage().data_ptr() == first.U.untyped_storage().data_ptr()
+    assert second.U.untyped_storage().data_ptr() == first.V.untyped_storage().data_ptr()
+    torch.testing.assert_close(second.weight, first.weight.T)

@@ -99,10 +99,11 @@ def test_first_adamw_step_matches_the_hand_formula_for_each_tie_mode(
         [(after_source.V - before[0]).flatten(), (after_source.U - before[1]).flatten()]
     )
     mean_step = float(delta.detach().abs().mean()) / LR
+    # (Here the two gradients nearly always agree in sign: 2.000 lr measured.)
     if mode == "single_parameter":
         assert mean_step == pytest.approx(1.0, abs=0.01)
     else:
-        assert 1.3 < mean_step < 2.0
+        assert 1.3 < mean_step <= 2.0 + 1e-3
 
 
 def test_first_adamw_step_has_no_weight_decay(
@@ -168,3 +169,21 @@ def test_the_annealed_p_reaches_the_loss(
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     # Not vacuous: p = 1 gives another importance loss from the first step on.
     assert log_p1.importance[0] != pytest.approx(log_p2.importance[0], rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["shared_storage", "single_parameter"])
+def test_shared_storage_tied_factors_get_a_parameter_group_of_their_own(
+    quick_tms_config: ConfigFactory, tms_target: TargetFactory, mode: TiedWeightsMode
+) -> None:
+    # One fused AdamW kernel per group: two parameters over one storage must not share a kernel
+    # (on CUDA their updates could race and one be lost); group after group applies both.
+    config = quick_tms_config(tied_weights_mode=mode)
+    model = _model_as_optimize_builds_it(config, tms_target())
+    params = trainable_parameters(model)
+    groups = model.optimizer_param_groups(params)
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    tied = list(model.components["linear2"].parameters())
+    if mode == "shared_storage":
+        assert len(groups) == 2 and groups[1]["params"] == tied
+    else:
+        assert len(groups) == 1 and tied == []

@@ -145,7 +145,7 @@ TaskConfig = Annotated[
 
 
 class Config(StrictModel):
-    """Everything one decomposition run needs. Field meanings follow the method spec."""
+    """Everything one decomposition run needs. Field meanings follow docs/method.md."""
 
     # --- run bookkeeping ---
     seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(
