@@ -17,7 +17,8 @@ from torch import Tensor
 from spd.config.schema import Config, TiedWeightsMode
 from spd.losses.terms import batch_loss
 from spd.models.component_model import ComponentModel, build_component_model
-from spd.train.optimize import optimize, trainable_parameters
+from spd.train.optimize import optimize
+from spd.train.setup import trainable_parameters
 from tests.fixture_types import ConfigFactory, TargetFactory
 
 CPU = torch.device("cpu")
