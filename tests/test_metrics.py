@@ -146,7 +146,8 @@ def test_mmcs_is_the_signed_cosine_so_an_anti_aligned_subcomponent_is_no_match(
     flipped = target_columns.clone()
     flipped[0] = -flipped[0]
     plant_subcomponents(model, "linear1", flipped)
-    result = registry("metric")["ground_truth_recovery"].fn(context_with_ci(model, config))
+    ctx = context_with_ci(model, config)
+    result = registry("metric")["ground_truth_recovery"].fn(ctx, layer="linear1")
     assert result == pytest.approx({"mmcs/linear1": 4 / 5, "ml2r/linear1": 4 / 5})
 
 
