@@ -4,14 +4,19 @@
 `tests/tiny_runs.py`, written by commit c5f8abb (the flat layout). Beside it are a fixed input and
 what that code computed from the checkpoint (the CI and the masked components' output), and
 the run's `metrics.jsonl`.
+
+That code trained tied matrices as one parameter, so the checkpoint resumes under
+`tied_weights_mode: single_parameter` and is refused, in one line, under today's default.
 """
 
 import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
+from spd.errors import SPDUserError
 from spd.experiments.tms.tms_decomposition import make_data
 from spd.loading.targets import load_target_model
 from spd.models.component_model import ComponentModel
@@ -42,7 +47,7 @@ def test_a_checkpoint_from_before_the_move_loads_and_gives_the_same_outputs() ->
 def test_the_run_resumes_from_it_and_logs_what_the_old_code_logged(tmp_path: Path) -> None:
     """Step 20 is the run's last: resuming logs and evaluates it from the restored state alone
     (model, RNG, data streams, alive tracker), so its rows must equal the old run's."""
-    config = tiny_tms_config()
+    config = tiny_tms_config(tied_weights_mode="single_parameter")
     checkpoint = shutil.copy(CHECKPOINT, tmp_path / "model_00000020.pth")
     target = load_target_model(config)
     train, evaluation = make_data(config, target, torch.device("cpu"))
@@ -63,3 +68,25 @@ def test_the_run_resumes_from_it_and_logs_what_the_old_code_logged(tmp_path: Pat
     assert [row for row in read_metrics(run_dir.path) if row["step"] == 20] == [
         row for row in old if row["step"] == 20
     ]
+
+
+def test_resuming_it_under_the_shared_storage_tie_is_refused_by_name(tmp_path: Path) -> None:
+    # Its optimiser state holds one moment per tied factor; the shared-storage form needs two.
+    config = tiny_tms_config()
+    assert config.tied_weights_mode == "shared_storage"
+    target = load_target_model(config)
+    train, evaluation = make_data(config, target, torch.device("cpu"))
+    with pytest.raises(SPDUserError) as err:
+        optimize(
+            target,
+            config,
+            torch.device("cpu"),
+            train,
+            evaluation,
+            RunDirectory.create(tmp_path, "resumed"),
+            show_progress=False,
+            resume_from=CHECKPOINT,
+        )
+    message = str(err.value)
+    assert "\n" not in message
+    assert "tied_weights_mode ('single_parameter' -> 'shared_storage')" in message

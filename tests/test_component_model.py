@@ -1,4 +1,4 @@
-"""`ComponentModel`: picking layers by pattern, the forward modes of spec §3, causal importances."""
+"""`ComponentModel`: picking layers by pattern, the forward modes (docs/method.md, 'Masks and forward passes'), causal importances."""
 
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""Subcomponents of each layer kind (spec §1, §3) and the causal-importance functions (spec §2)."""
+"""Subcomponents of each layer kind and the causal-importance functions (docs/method.md,
+'Objects', 'Causal importance', 'Masks and forward passes')."""
 
 import math
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from spd.config.schema import TiedWeightsMode
 from spd.models import scalar_mlp as scalar_mlp_module
 from spd.models.component_model import ComponentModel
 from spd.models.components import (
@@ -162,21 +164,38 @@ def test_masked_embedding_forward_equals_hand_product() -> None:
     torch.testing.assert_close(out, torch.tensor(expected))
 
 
+@pytest.mark.parametrize("mode", ["shared_storage", "single_parameter"])
 def test_tied_components_are_the_transpose_of_their_source(
-    tms_target: TargetFactory,
+    tms_target: TargetFactory, mode: TiedWeightsMode
 ) -> None:
     model = ComponentModel(
-        tms_target(), ["linear1", "linear2"], C=4, tied_weights=[("linear1", "linear2")]
+        tms_target(),
+        ["linear1", "linear2"],
+        C=4,
+        tied_weights=[("linear1", "linear2")],
+        tied_weights_mode=mode,
     )
     model.init_components_from_target(seed=0)
     first, second = model.components["linear1"], model.components["linear2"]
     assert second.is_tied and not first.is_tied
     assert torch.equal(second.V, first.U.T) and torch.equal(second.U, first.V.T)
     torch.testing.assert_close(second.weight, first.weight.T)
-    assert list(second.parameters()) == []  # nothing of its own to train
-    # A loss on the tied layer trains the source's factors.
     second(torch.ones(1, 2)).sum().backward()
-    assert first.V.grad is not None and first.U.grad is not None
+    if mode == "single_parameter":
+        assert list(second.parameters()) == []  # nothing of its own to train
+        # A loss on the tied layer trains the source's factors.
+        assert first.V.grad is not None and first.U.grad is not None
+    else:
+        # Parameters of its own over the source's numbers: they get their own gradient, and
+        # a change to either is a change to both.
+        own_V, own_U = second.V, second.U
+        assert isinstance(own_V, nn.Parameter) and isinstance(own_U, nn.Parameter)
+        assert own_V.grad is not None and own_U.grad is not None
+        assert first.V.grad is None and first.U.grad is None
+        assert own_V.untyped_storage().data_ptr() == first.U.untyped_storage().data_ptr()
+        with torch.no_grad():
+            own_U[0, 1] = 7.0
+        assert first.V[1, 0] == 7.0
     # TMS: linear2's target is linear1's transpose, so the two layers are equally faithful.
     gap1 = model.target_weight("linear1") - first.weight
     gap2 = model.target_weight("linear2") - second.weight
@@ -331,3 +350,46 @@ def test_fused_scalar_mlp_gradcheck_float64(
     monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**23 if keep_hidden else 0)
     inputs = tuple(_scalar_mlp_inputs(torch.float64, zero_rows))
     assert torch.autograd.gradcheck(scalar_mlp, inputs)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected_stds"),
+    [
+        # (1 → 16 → 1): hidden √(2/1), output 1/√16 (was √(2/16) = 0.354 before parity).
+        (lambda: MLPGates(4000, [16]), [math.sqrt(2.0), 0.25]),
+        # (1 → 16 → 4 → 1): hidden √2, √(2/16); output 1/√4.
+        (lambda: MLPGates(4000, [16, 4]), [math.sqrt(2.0), math.sqrt(2 / 16), 0.5]),
+        # vector input of 10 → 8 → 1: hidden √(2/10), output 1/√8.
+        (lambda: VectorMLPGates(4000, 10, [8]), [math.sqrt(2 / 10), math.sqrt(1 / 8)]),
+    ],
+)
+def test_ci_function_init_gain_two_before_gelu_and_one_at_the_output(
+    make: Callable[[], nn.Module], expected_stds: list[float]
+) -> None:
+    # Tens of thousands of draws per layer: the empirical std is within ~1 % of the formula.
+    torch.manual_seed(0)
+    gates = make()
+    weights = [
+        p for name, p in gates.named_parameters() if "weight" in name
+    ]  # in order: (in_weight,) then the later layers
+    assert len(weights) == len(expected_stds)
+    for w, expected in zip(weights, expected_stds, strict=True):
+        assert w.numel() >= 4000
+        assert float(w.detach().std()) == pytest.approx(expected, rel=0.03)
+        assert abs(float(w.detach().mean())) < 0.05 * expected
+
+
+def test_a_shared_storage_tie_shares_again_after_the_model_is_moved(
+    tms_target: TargetFactory,
+) -> None:
+    # `.to(dtype)` (like `.to(device)`) gives every parameter a new tensor of its own.
+    model = ComponentModel(
+        tms_target(), ["linear1", "linear2"], C=4, tied_weights=[("linear1", "linear2")]
+    )
+    model.init_components_from_target(seed=0)
+    model.to(torch.float64)
+    first, second = model.components["linear1"], model.components["linear2"]
+    assert second.V.dtype == torch.float64
+    assert second.V.untyped_storage().data_ptr() == first.U.untyped_storage().data_ptr()
+    assert second.U.untyped_storage().data_ptr() == first.V.untyped_storage().data_ptr()
+    torch.testing.assert_close(second.weight, first.weight.T)

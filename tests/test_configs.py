@@ -11,7 +11,7 @@ from spd.config.loading import apply_overrides, load_config, read_yaml
 from spd.config.schema import Config, TMSTaskConfig
 from spd.errors import SPDUserError
 from spd.persistence.run_dir import save_config
-from tests.paths import TMS_5_2_CONFIG, TMS_DIR
+from tests.paths import REPO_ROOT, TMS_5_2_CONFIG, TMS_DIR
 
 
 def _write_config(tmp_path: Path, **changes: Any) -> Path:
@@ -68,6 +68,19 @@ def test_shipped_tms_configs_follow_the_spec(
     assert config.output_loss_type == "mse" and config.seed == 0
     assert isinstance(config.task_config, TMSTaskConfig)
     assert config.task_config.feature_probability == 0.05
+    assert config.tied_weights_mode == "shared_storage"  # the original's dynamics
+
+
+def test_shipped_ss_emb_config_trains_with_the_original_loss_terms() -> None:
+    # The original trains ss_emb with faithfulness 1, beside layerwise stochastic recon 1 and
+    # importance 1e-6 at p = 2 (full stochastic recon is the same quantity with one matrix).
+    config = load_config(REPO_ROOT / "spd/experiments/lm/ss_emb_config.yaml")
+    assert config.loss_coeffs == {
+        "faithfulness": 1.0,
+        "stochastic_recon_layerwise": 1.0,
+        "importance_minimality": 1e-6,
+    }
+    assert (config.pnorm, config.output_loss_type, config.lr_warmup_pct) == (2.0, "kl", 0.01)
 
 
 def test_config_is_frozen() -> None:

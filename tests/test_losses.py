@@ -1,4 +1,5 @@
-"""Every loss term of spec §4 and the stochastic masks of §3, on cases worked out by hand.
+"""Every loss term and the stochastic masks (docs/method.md, 'Losses', 'Masks and forward
+passes'), on cases worked out by hand.
 
 The hand model (`hand_model`) is `TwoLinear` (out = fc2(fc1(x)) = x + b, b = [0.5, −0.5]) with
     fc1 components: V = I, U = diag(2, 3)   (so fc1 ≈ diag(2, 3) instead of I)
@@ -10,9 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from spd.config.schema import Config, TMSTaskConfig
+from spd.errors import SPDUserError
+from spd.experiments.tms.models import TMSModel
 from spd.losses.row_selection import select_rows
 from spd.losses.terms import (
     batch_loss,
@@ -26,7 +29,8 @@ from spd.losses.terms import (
     stochastic_masks,
     total_loss,
 )
-from spd.models.component_model import ComponentModel
+from spd.models.component_model import ComponentModel, build_component_model
+from tests.paths import TMS_TARGETS
 from tests.toy_targets import TinyLM, TwoLinear
 
 X = torch.tensor([[1.0, 1.0]])
@@ -125,6 +129,18 @@ def test_faithfulness_counts_entries_of_rectangular_matrices() -> None:
     assert faithfulness_loss(model).item() == pytest.approx(2 / 4)
 
 
+def test_faithfulness_over_layers_of_different_sizes() -> None:
+    # Layer "0": 4 × 3 ones → ‖W‖² = 12 over 12 entries; layer "1": 2 × 4 twos → 32 over 8.
+    # Components zero: (12 + 32) / (12 + 8) = 2.2, not the mean of per-layer means (1 + 4) / 2.
+    first, second = nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        first.weight.fill_(1.0)
+        second.weight.fill_(2.0)
+    target = nn.Sequential(first, second)
+    model = ComponentModel(target, ["0", "1"], C=2)
+    assert faithfulness_loss(model).item() == pytest.approx(44 / 20)
+
+
 def test_recon_with_masks_on_every_layer(hand_model: ComponentModel) -> None:
     # fc1 with m = [1, ½]: [2·1, 3·½·1] = [2, 1.5]; fc2 with m = [1, 1]: + b → [2.5, 1.0]
     # MSE vs [1.5, 0.5]: (1² + 0.5²) / 2 = 0.625.
@@ -216,10 +232,12 @@ EMB_MASKS = {"embed": torch.tensor([[[0.5, 1.0], [1.0, 0.0]]])}
 
 
 def test_embedding_recon_mse(embed_model: ComponentModel) -> None:
-    # token 0: masked [0.5, 0] vs [1, 0]; token 2: masked [1, 0] vs [1, 1] → (0.25 + 1) / 4.
+    # token 0: masked [0.5, 0] vs [1, 0] → 0.25 summed over the embedding dimension; token 2:
+    # masked [1, 0] vs [1, 1] → 1; the mean over the two tokens: 0.625 (as the original; a mean
+    # over all entries would give 0.3125).
     pre_acts = {"embed": EMB_TOKENS}
     loss = embedding_recon_loss(embed_model, pre_acts, EMB_MASKS, unembed=False)
-    assert loss.item() == pytest.approx(0.3125)
+    assert loss.item() == pytest.approx(0.625)
 
 
 def test_embedding_recon_through_the_unembedding_is_kl(embed_model: ComponentModel) -> None:
@@ -333,7 +351,7 @@ def test_stochastic_terms_average_independent_draws(
     assert terms["stochastic_recon_layerwise"].item() != pytest.approx(shared, rel=1e-6)
 
 
-def test_embedding_recon_in_the_total_uses_the_full_terms_masks(
+def test_embedding_recon_in_the_total_draws_masks_of_its_own(
     embed_model: ComponentModel,
 ) -> None:
     config = _config(
@@ -345,10 +363,15 @@ def test_embedding_recon_in_the_total_uses_the_full_terms_masks(
     torch.manual_seed(5)
     _, terms = total_loss(embed_model, EMB_TOKENS, target_out, pre_acts, ci, ci, config, pnorm=1.0)
     assert set(terms) == {"stochastic_recon", "embedding_recon"}
+    # Replay: the full term's masks first, then the embedding term's own draw.
     torch.manual_seed(5)
-    masks = stochastic_masks(ci)
-    expected = embedding_recon_loss(embed_model, pre_acts, masks, unembed=False).item()
+    full_masks, own_masks = stochastic_masks(ci), stochastic_masks(ci)
+    expected = embedding_recon_loss(embed_model, pre_acts, own_masks, unembed=False).item()
     assert terms["embedding_recon"].item() == pytest.approx(expected, rel=1e-6)
+    reused = embedding_recon_loss(embed_model, pre_acts, full_masks, unembed=False).item()
+    assert terms["embedding_recon"].item() != pytest.approx(reused, rel=1e-3)
+    full = recon_loss(embed_model, EMB_TOKENS, target_out, full_masks, "mse").item()
+    assert terms["stochastic_recon"].item() == pytest.approx(full, rel=1e-6)
 
 
 # ----- rows that cannot change a reconstruction -----
@@ -450,6 +473,29 @@ def test_an_all_zero_batch_keeps_one_inert_row_standing_for_all() -> None:
     _, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
     expected = importance_minimality_loss(ci_upper, pnorm=1.0)
     torch.testing.assert_close(selected["importance_minimality"], expected.detach())
+
+
+class _BatchCoupledTMS(TMSModel):
+    """Claims independent rows (inherited) but adds the batch mean: every row sees the others."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) + 0.1 * x.mean(0, keepdim=True)
+
+
+def test_a_target_that_couples_rows_but_claims_independent_rows_is_refused() -> None:
+    model, config, x = _sparse_tms()
+    loss = batch_loss(model, x, config, pnorm=1.0)
+    assert loss.rows is not None and model.independent_rows_checked  # the honest target passes
+    coupled = _BatchCoupledTMS.from_pretrained(TMS_TARGETS / "tms_5-2-id")
+    assert coupled.independent_rows
+    bad = build_component_model(coupled, config)
+    bad.init_components_from_target(0)
+    with pytest.raises(SPDUserError) as err:
+        batch_loss(bad, x, config, pnorm=1.0)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("_BatchCoupledTMS sets independent_rows = True, but the output")
+    assert "remove independent_rows" in message
 
 
 def test_a_mostly_live_batch_is_not_cut() -> None:

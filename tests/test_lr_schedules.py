@@ -1,4 +1,4 @@
-"""Learning-rate schedules with warm-up and the annealing of p (spec §4, §5)."""
+"""Learning-rate schedules with warm-up and the annealing of p (docs/method.md, 'Optimisation')."""
 
 import math
 
@@ -31,9 +31,10 @@ def test_exponential_halves_every_half_life() -> None:
 
 
 def test_linear_warmup_then_the_schedule_from_its_start() -> None:
-    # 20 % of 10 steps = 2 warm-up steps: lr (s + 1)/2 → 0.5, 1.0; then cosine over the 8 left.
+    # 20 % of 10 steps = 2 warm-up steps: lr s/2 → 0, 0.5 (as the original: step 0 has lr 0);
+    # then cosine over the 8 left, from 1.
     lrs = [lr_at_step(s, 10, 1.0, "cosine", warmup_pct=0.2) for s in range(10)]
-    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
     assert lrs[2 + 4] == pytest.approx(math.cos(math.pi / 2 * 4 / 7))
     assert lrs[9] == pytest.approx(0.0, abs=1e-12)
 
@@ -57,5 +58,8 @@ def test_p_anneals_linearly_between_the_two_fractions() -> None:
 
 
 def test_p_jumps_when_start_and_end_coincide() -> None:
-    assert pnorm_at_step(50, 100, 2.0, 0.5, 0.5, 0.5) == 2.0
+    # As the original: p keeps its start value while step/steps < start, so the step exactly at
+    # the start fraction already has the final p.
+    assert pnorm_at_step(49, 100, 2.0, 0.5, 0.5, 0.5) == 2.0
+    assert pnorm_at_step(50, 100, 2.0, 0.5, 0.5, 0.5) == 0.5
     assert pnorm_at_step(51, 100, 2.0, 0.5, 0.5, 0.5) == 0.5

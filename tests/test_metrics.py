@@ -135,6 +135,22 @@ def test_ground_truth_recovery_mmcs_ml2r(model: ComponentModel, config: Config) 
     assert result == pytest.approx({"mmcs/linear1": (0.5 + 4) / 5, "ml2r/linear1": 1.0})
 
 
+def test_mmcs_is_the_signed_cosine_so_an_anti_aligned_subcomponent_is_no_match(
+    model: ComponentModel, config: Config
+) -> None:
+    # Feature 0's only non-zero subcomponent column is −W[:, 0]: cosine −1. Signed, the best
+    # match for feature 0 is then a zero column (cosine 0, norm 0), so MMCS = (0 + 4) / 5 and
+    # ML2R = (0 + 4) / 5; an absolute cosine would score the flipped column 1 and give 1, 1.
+    comp = model.components["linear1"]
+    target_columns = comp.as_in_out(model.target_weight("linear1")).detach()
+    flipped = target_columns.clone()
+    flipped[0] = -flipped[0]
+    plant_subcomponents(model, "linear1", flipped)
+    ctx = context_with_ci(model, config)
+    result = registry("metric")["ground_truth_recovery"].fn(ctx, layer="linear1")
+    assert result == pytest.approx({"mmcs/linear1": 4 / 5, "ml2r/linear1": 4 / 5})
+
+
 def test_n_large_subcomponents(model: ComponentModel, config: Config) -> None:
     comp = model.components["linear1"]
     with torch.no_grad():

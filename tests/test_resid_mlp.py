@@ -39,7 +39,7 @@ from spd.models.component_model import ComponentModel
 
 REPO = Path(__file__).resolve().parent.parent
 RESID_MLP = REPO / "spd" / "experiments" / "resid_mlp"
-SHAPES = {  # spec §7: (features, neurons per layer, layers)
+SHAPES = {  # docs/method.md, 'Experiments': (features, neurons per layer, layers)
     "resid_mlp1": (100, 50, 1),
     "resid_mlp2": (100, 25, 2),
     "resid_mlp3": (102, 17, 3),
@@ -106,7 +106,7 @@ def test_shipped_target_reaches_its_recorded_loss(name: str) -> None:
     assert (model.config.n_features, model.config.d_mlp, model.config.n_layers) == SHAPES[name]
     assert model.config.d_embed == 1000
     coeffs = load_label_coeffs(directory)
-    torch.testing.assert_close(coeffs, torch.ones(n_features))  # spec: y = x + ReLU(x)
+    torch.testing.assert_close(coeffs, torch.ones(n_features))  # docs/method.md: y = x + ReLU(x)
 
     # A fresh sample, drawn here independently of the training code's data generator.
     generator = torch.Generator().manual_seed(12345)

@@ -1,4 +1,5 @@
-"""`optimize()` (spec §5) and the run directory it writes through the shared script logic."""
+"""`optimize()` (docs/method.md, 'Optimisation') and the run directory it writes through the
+shared script logic."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,9 @@ def test_cutting_sparse_batches_to_their_live_rows_changes_no_logged_value(
         lr_schedule="constant",
         train_log_freq=1,
         ci_alive_threshold=0.0,
+        # Small enough that subcomponents die within the run (a batch is 64 examples), so the
+        # alive counts can tell a cut batch counted as its kept rows from one counted in full.
+        n_examples_until_dead=100,
     )
     generator = torch.Generator().manual_seed(5)
     values = torch.rand(4, 64, 5, generator=generator)
@@ -155,6 +159,8 @@ def test_cutting_sparse_batches_to_their_live_rows_changes_no_logged_value(
     for key in keys:
         cut, full = sinks[True].series(key), sinks[False].series(key)
         assert list(cut.values()) == pytest.approx(list(full.values()), rel=1e-5, abs=1e-7), key
+    for layer in ("linear1", "linear2"):
+        assert min(sinks[False].series(f"train/n_alive/{layer}").values()) < config.C, layer
     for a, b in zip(params[True], params[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -1,4 +1,4 @@
-"""The squashing functions of spec §2, against values and slopes written out by hand."""
+"""The squashing functions (docs/method.md, 'Causal importance'), against values and slopes by hand."""
 
 import math
 from collections.abc import Callable
@@ -36,7 +36,7 @@ def test_lower_leaky_hard_sigmoid_clamps_forward() -> None:
 
 
 def test_lower_leaky_hard_sigmoid_gradient_leaks_below_zero_only() -> None:
-    # Spec: slope 1 on (0, 1], 0.01 for x <= 0 (dead gates recover), 0 above 1.
+    # Slope 1 on (0, 1], 0.01 for x <= 0 (dead gates recover), 0 above 1.
     _, grads = _value_and_grad(lower_leaky_hard_sigmoid, POINTS)
     assert grads == pytest.approx([0.01, 0.01, 0.01, 1.0, 1.0, 0.0, 0.0])
 
@@ -53,8 +53,18 @@ def test_upper_leaky_hard_sigmoid_values_and_slopes() -> None:
     values, grads = _value_and_grad(upper_leaky_hard_sigmoid, POINTS)
     assert values == pytest.approx([0.0, 0.0, 0.0, 0.25, 1.0, 1.005, 1.02])
     assert grads[0] == 0.0 and grads[1] == 0.0
-    assert grads[3] == pytest.approx(1.0)
+    assert grads[3] == pytest.approx(1.0) and grads[4] == pytest.approx(1.0)
     assert grads[5] == pytest.approx(0.01) and grads[6] == pytest.approx(0.01)
+
+
+def test_upper_leaky_hard_sigmoid_has_slope_one_at_exactly_zero() -> None:
+    # As the original implementation (its clamp passes the gradient at the boundary): at
+    # initialisation the CI functions' biases are 0, so an all-zero row's raw CI is exactly 0 and
+    # this slope decides whether the importance loss reaches those biases at all.
+    x = torch.tensor([0.0, -0.0, -1e-30], requires_grad=True)
+    (upper_leaky_hard_sigmoid(x) * torch.tensor([2.0, 3.0, 5.0])).sum().backward()
+    assert x.grad is not None
+    assert x.grad.tolist() == [2.0, 3.0, 0.0]
 
 
 def test_hard_sigmoid_is_a_plain_clamp() -> None:

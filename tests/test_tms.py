@@ -1,4 +1,4 @@
-"""The TMS target (spec §7): forward pass, tied training, dead-feature check, shipped targets, data."""
+"""The TMS target (docs/method.md, 'Experiments'): forward pass, tied training, dead-feature check, shipped targets, data."""
 
 from pathlib import Path
 

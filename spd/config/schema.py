@@ -26,6 +26,7 @@ GateType = Literal["mlp", "vector_mlp"]
 SigmoidType = Literal["leaky_hard", "normal", "hard", "upper_leaky_hard", "swish_hard"]
 LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
+TiedWeightsMode = Literal["shared_storage", "single_parameter"]
 
 
 def _has_huge_number(value: Any) -> bool:
@@ -144,7 +145,7 @@ TaskConfig = Annotated[
 
 
 class Config(StrictModel):
-    """Everything one decomposition run needs. Field meanings follow the method spec."""
+    """Everything one decomposition run needs. Field meanings follow docs/method.md."""
 
     # --- run bookkeeping ---
     seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(
@@ -168,6 +169,17 @@ class Config(StrictModel):
     tied_weights: list[tuple[str, str]] | None = Field(
         default=None,
         description="Pairs (source, tied): the tied module's components are the transpose of the source's.",
+    )
+    tied_weights_mode: TiedWeightsMode = Field(
+        default="shared_storage",
+        description=(
+            "How AdamW sees a tied pair. shared_storage (the original implementation's dynamics): "
+            "each module holds its own parameters over one shared storage, so every step applies "
+            "two AdamW updates to the same numbers. single_parameter: the tied module reads the "
+            "source's factors transposed, one parameter with the summed gradient and one update "
+            "(this project's behaviour before; see docs/method.md, 'Differences from the "
+            "original implementation')."
+        ),
     )
 
     # --- loss coefficients (null: the term is not computed) ---

@@ -1,4 +1,4 @@
-"""Built-in figures (spec §6). Each returns named matplotlib figures; the caller saves and closes them.
+"""Built-in figures (docs/method.md, 'Evaluation'). Each returns named matplotlib figures; the caller saves and closes them.
 
 Add one: write `fn(ctx: EvalContext, **params) -> dict[str, Figure]` here and decorate it with
 `@register_figure("name")` (figures are slow by default: run every `slow_eval_freq` steps).

@@ -1,4 +1,4 @@
-"""Language-model metrics (spec §6): KL and cross-entropy of the masked model against the target.
+"""Language-model metrics (docs/method.md, 'Evaluation'): KL and cross-entropy of the masked model against the target.
 
 For each mask variant the model runs with every decomposed layer replaced by its components
 under that mask, on the eval token batches. Reported per variant:

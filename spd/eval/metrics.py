@@ -1,4 +1,4 @@
-"""Built-in scalar metrics (spec §6). Each returns a flat dict of floats keyed by metric name.
+"""Built-in scalar metrics (docs/method.md, 'Evaluation'). Each returns a flat dict of floats keyed by metric name.
 
 Add one: write `fn(ctx: EvalContext, **params) -> dict[str, float]` here and decorate it with
 `@register_metric("name")` (`slow=True` for expensive ones). Configs select it by that name.

@@ -11,6 +11,10 @@ gradients. Most rows of a sparse toy batch are inert (77 % for tms_5-2).
 
 CPU only: on CUDA the work per row is not the bottleneck, and finding the rows would cost a
 synchronisation per step.
+
+The promise is the target's, and a wrong one would silently give wrong gradients, so the first
+batch that is cut checks it once (`check_independent_rows`): the target run on the kept rows
+alone must give what the full batch gave for them.
 """
 
 from collections.abc import Mapping
@@ -20,6 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from spd.errors import SPDUserError
 from spd.models.component_model import ComponentModel
 
 # Cut the batch only when the inert rows are a sizeable share of it; otherwise the gathers
@@ -68,3 +73,35 @@ def select_rows(model: ComponentModel, pre_acts: Mapping[str, Tensor]) -> RowSel
     weights = torch.ones(n_live + 1, dtype=acts[0].dtype)
     weights[-1] = n - n_live
     return RowSelection(index=torch.cat([live, representative]), weights=weights, n_rows=n)
+
+
+def check_independent_rows(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    pre_acts: Mapping[str, Tensor],
+    rows: RowSelection,
+) -> None:
+    """Refuse a target whose `independent_rows = True` is wrong, on the first cut batch only.
+
+    One extra target pass over the kept rows (a fraction of the batch): its output and the input
+    of every decomposed layer must equal the full batch's on those rows.
+    """
+    if model.independent_rows_checked:
+        return
+    with torch.no_grad():
+        out, acts = model.forward_with_pre_acts(rows.take(batch))
+    full = {"the output": rows.take(target_out)} | {
+        f"the input of '{name}'": rows.take(a) for name, a in pre_acts.items()
+    }
+    alone = {"the output": out} | {f"the input of '{name}'": a for name, a in acts.items()}
+    for what, expected in full.items():
+        if not torch.allclose(alone[what], expected, rtol=1e-4, atol=1e-6):
+            diff = float((alone[what] - expected).abs().max())
+            raise SPDUserError(
+                f"{type(model.target).__name__} sets independent_rows = True, but {what} of a "
+                f"row changes with the other rows of the batch (by up to {diff:.3g} on the first "
+                "batch), so leaving out inert rows would give wrong gradients; remove "
+                "independent_rows from the target class"
+            )
+    model.independent_rows_checked = True

@@ -1,4 +1,4 @@
-"""The loss terms of SPD (spec §4) and their weighted sum.
+"""The loss terms of SPD (docs/method.md, 'Losses') and their weighted sum.
 
 Every term is a function of the component model, the batch, the target's output and the causal
 importances of this step; a term whose coefficient is null is never computed.
@@ -13,7 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from spd.config.schema import Config, OutputLossType
-from spd.losses.row_selection import RowSelection, select_rows
+from spd.losses.row_selection import RowSelection, check_independent_rows, select_rows
 from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
 
@@ -116,10 +116,11 @@ def embedding_recon_loss(
     masks: Mapping[str, Tensor],
     unembed: bool,
 ) -> Tensor:
-    """Masked embedding output against the original embedding.
+    """Masked embedding output against the original embedding, averaged over decomposed embeddings.
 
-    MSE by default; with `unembed` both are passed through the model's `lm_head` and compared
-    with KL. Uses the same stochastic masks as the full stochastic recon of the step.
+    By default the squared error summed over the embedding dimension, then averaged over tokens
+    (as the original implementation: d_emb times a per-entry mean); with `unembed` both are
+    passed through the model's `lm_head` and compared with KL. `masks` are the term's own draws.
     """
     losses = []
     for name, comp in model.components.items():
@@ -132,7 +133,7 @@ def embedding_recon_loss(
             lm_head = model.target.get_submodule("lm_head")
             losses.append(output_divergence(lm_head(masked), lm_head(original), "kl"))
         else:
-            losses.append(F.mse_loss(masked, original))
+            losses.append((masked - original).pow(2).sum(-1).mean())
     if not losses:
         raise ValueError("embedding_recon_coeff is set but no Embedding is decomposed")
     return torch.stack(losses).mean()
@@ -167,22 +168,21 @@ def total_loss(
         terms["recon_layerwise"] = share * layerwise_recon_loss(
             model, batch, target_out, ci, loss_type
         )
-    needs_stochastic = {"stochastic_recon", "embedding_recon"} & coeffs.keys()
-    if needs_stochastic or "stochastic_recon_layerwise" in coeffs:
+    if {"stochastic_recon", "stochastic_recon_layerwise", "embedding_recon"} & coeffs.keys():
+        # Each term draws masks of its own, independent of the others' in the same step.
         full, layerwise, embedding = [], [], []
         for _ in range(config.n_mask_samples):
-            if needs_stochastic:
-                masks = stochastic_masks(ci)
-                if "stochastic_recon" in coeffs:
-                    full.append(recon_loss(model, batch, target_out, masks, loss_type))
-                if "embedding_recon" in coeffs:
-                    embedding.append(
-                        embedding_recon_loss(model, pre_acts, masks, config.is_embed_unembed_recon)
-                    )
+            if "stochastic_recon" in coeffs:
+                full.append(recon_loss(model, batch, target_out, stochastic_masks(ci), loss_type))
             if "stochastic_recon_layerwise" in coeffs:
-                # Independent draws from those of the full stochastic term.
                 layerwise.append(
                     layerwise_recon_loss(model, batch, target_out, stochastic_masks(ci), loss_type)
+                )
+            if "embedding_recon" in coeffs:
+                embedding.append(
+                    embedding_recon_loss(
+                        model, pre_acts, stochastic_masks(ci), config.is_embed_unembed_recon
+                    )
                 )
         for name, samples, scale in (
             ("stochastic_recon", full, share),
@@ -218,6 +218,7 @@ def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: floa
         target_out, pre_acts = model.forward_with_pre_acts(batch)
     rows = select_rows(model, pre_acts)
     if rows is not None:
+        check_independent_rows(model, batch, target_out, pre_acts, rows)
         batch, target_out = rows.take(batch), rows.take(target_out)
         pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
     ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)

@@ -19,14 +19,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from spd.config.loading import config_from_dict
-from spd.config.schema import Config, GateType, SigmoidType
+from spd.config.schema import Config, GateType, SigmoidType, TiedWeightsMode
 from spd.errors import SPDUserError
 from spd.loading.run_paths import resolve_run_path
 from spd.loading.targets import load_target_model
 from spd.models.components import Components, EmbeddingComponents, MLPGates, VectorMLPGates
 from spd.models.sigmoids import get_sigmoids
-from spd.persistence.checkpoints import latest_checkpoint, read_checkpoint
+from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
 
 GPT2_CONV1D = "transformers.pytorch_utils.Conv1D"
 SUPPORTED_KINDS = "torch.nn.Linear, torch.nn.Embedding, transformers' GPT-2 Conv1D"
@@ -116,6 +115,7 @@ class ComponentModel(nn.Module):
         gate_hidden_dims: list[int] | None = None,
         output_attr: str | None = None,
         tied_weights: list[tuple[str, str]] | None = None,
+        tied_weights_mode: TiedWeightsMode = "shared_storage",
     ) -> None:
         super().__init__()
         hidden_dims = [16] if gate_hidden_dims is None else gate_hidden_dims
@@ -140,7 +140,37 @@ class ComponentModel(nn.Module):
                         f"tied_weights names '{name}', which is not a decomposed module "
                         f"(decomposed: {', '.join(self.module_names)})"
                     )
-            self.components[tied].tie_to(self.components[source])
+            self.components[tied].tie_to(self.components[source], tied_weights_mode)
+        # Set once the first training batch has confirmed the target's `independent_rows`
+        # promise (`spd.losses.row_selection.check_independent_rows`).
+        self.independent_rows_checked = False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "ComponentModel":  # pyright: ignore[reportIncompatibleMethodOverride]
+        # `.to(device)` and the like give every parameter a tensor of its own; a shared-storage
+        # tie must share again afterwards.
+        super()._apply(fn, recurse)
+        for comp in self.components.values():
+            comp.retie()
+        return self
+
+    def optimizer_param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """`params` as AdamW parameter groups: the shared-storage tied factors in a group of their own.
+
+        A fused (or foreach) AdamW updates the tensors of one group in one kernel; two parameters
+        over the same storage in one kernel could race on CUDA and lose an update. One group after
+        the other applies both updates, in order, on every device.
+        """
+        aliased = {
+            id(p)
+            for comp in self.components.values()
+            if comp.tied_mode == "shared_storage"
+            for p in comp.parameters()
+        }
+        groups = [
+            [p for p in params if id(p) not in aliased],
+            [p for p in params if id(p) in aliased],
+        ]
+        return [{"params": group} for group in groups if group]
 
     @staticmethod
     def _build_gate(
@@ -163,7 +193,7 @@ class ComponentModel(nn.Module):
         return self.gates[_key(name)]
 
     def init_components_from_target(self, seed: int) -> None:
-        """Initialise every layer's factors from its target weight (spec §1)."""
+        """Initialise every layer's factors from its target weight (docs/method.md, 'Objects')."""
         generator = torch.Generator().manual_seed(seed)
         for wrapper in self.decomposed.values():
             weight = wrapper.original.weight
@@ -245,12 +275,17 @@ class ComponentModel(nn.Module):
     # ----- persistence -----
 
     def decomposition_state(self) -> dict[str, dict[str, Tensor]]:
-        """The trained parameters only (components and CI functions), without the target."""
+        """The trained parameters only (components and CI functions), without the target.
+
+        A tied module's factors are left out (they are its source's, transposed), so the state
+        is the same whichever `tied_weights_mode` wrote it.
+        """
         return {
             "components": {
                 f"{_key(name)}.{k}": v
                 for name, comp in self.components.items()
                 for k, v in comp.state_dict().items()
+                if not (comp.is_tied and k in TIED_FACTORS)
             },
             "gates": self.gates.state_dict(),
         }
@@ -261,7 +296,16 @@ class ComponentModel(nn.Module):
             own = {
                 k[len(prefix) :]: v for k, v in state["components"].items() if k.startswith(prefix)
             }
-            comp.load_state_dict(own)
+            if not comp.is_tied:
+                comp.load_state_dict(own)
+                continue
+            # A shared-storage tie's own factors are filled by loading its source.
+            missing, unexpected = comp.load_state_dict(own, strict=False)
+            bad_missing = [k for k in missing if k not in TIED_FACTORS]
+            if bad_missing or unexpected:
+                raise RuntimeError(
+                    f"state of tied module '{name}': missing {bad_missing}, unexpected {unexpected}"
+                )
         self.gates.load_state_dict(state["gates"])
 
     @classmethod
@@ -276,7 +320,7 @@ class ComponentModel(nn.Module):
             raise SPDUserError(f"no such run directory or checkpoint: {path}")
         file = latest_checkpoint(resolved) if resolved.is_dir() else resolved
         data = read_checkpoint(file)
-        config = config_from_dict(data["config"], source=str(file))
+        config = checkpoint_config(data, file)
         model = build_component_model(load_target_model(config), config)
         try:
             model.load_decomposition_state(data["decomposition"])
@@ -298,7 +342,12 @@ def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
         gate_hidden_dims=config.gate_hidden_dims,
         output_attr=config.pretrained_model_output_attr,
         tied_weights=config.tied_weights,
+        tied_weights_mode=config.tied_weights_mode,
     )
+
+
+# The parameter names of a `Components`; a tied module's are its source's, never stored.
+TIED_FACTORS = ("_V", "_U")
 
 
 def _key(name: str) -> str:

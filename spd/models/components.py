@@ -1,8 +1,8 @@
 """Rank-one subcomponents of one weight matrix.
 
 Orientation (the one place it is defined): every decomposed matrix is stored as two factors
-    V: (d_in, C)   — column c reads the input  (spec: row V^l_{c,:})
-    U: (C, d_out)  — row c writes the output   (spec: column U^l_{:,c})
+    V: (d_in, C)   — column c reads the input  (docs/method.md: row V^l_{c,:})
+    U: (C, d_out)  — row c writes the output   (docs/method.md: column U^l_{:,c})
 so the layer computes  y = ((x @ V) ⊙ mask) @ U + bias,  the same product for a `Linear`, a
 GPT-2 `Conv1D` and (with the input a token index, `x @ V` becoming a row lookup) an `Embedding`.
 The equivalent weight is `V @ U` in (d_in, d_out) layout; a `Linear` stores its transpose.
@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from spd.config.schema import TiedWeightsMode
 from spd.models.scalar_mlp import scalar_mlp
 
 WeightLayout = Literal["out_in", "in_out"]
@@ -48,21 +49,49 @@ class Components(nn.Module):
         # Set by `tie_to`: this matrix is the transpose of another's, so its factors are the
         # other's factors swapped and transposed. Held in a tuple so it is not a submodule.
         self._tied_source: tuple[Components, ...] = ()
+        self.tied_mode: TiedWeightsMode | None = None
 
     @property
     def V(self) -> Float[Tensor, "d_in C"]:
-        return self._tied_source[0].U.T if self._tied_source else self._V
+        if self.tied_mode == "single_parameter":
+            return self._tied_source[0].U.T
+        return self._V
 
     @property
     def U(self) -> Float[Tensor, "C d_out"]:
-        return self._tied_source[0].V.T if self._tied_source else self._U
+        if self.tied_mode == "single_parameter":
+            return self._tied_source[0].V.T
+        return self._U
 
-    def tie_to(self, source: "Components") -> None:
-        """Make this matrix the transpose of `source`'s: V = source.U.T and U = source.V.T."""
+    def tie_to(self, source: "Components", mode: TiedWeightsMode) -> None:
+        """Make this matrix the transpose of `source`'s: V = source.U.T and U = source.V.T.
+
+        `single_parameter`: this module owns no parameters and reads the source's transposed, so
+        the optimiser sees one parameter per factor with the two modules' gradients summed.
+        `shared_storage` (the original implementation's form): this module keeps parameters of
+        its own that are transposed views of the source's storage, so each gets its own gradient
+        and its own AdamW update, and both updates land on the same numbers.
+        """
         if (source.d_in, source.d_out, source.C) != (self.d_out, self.d_in, self.C):
             raise ValueError("tied matrices must be transposes of each other with the same C")
+        if source.is_tied:
+            raise ValueError("a tied matrix cannot itself be the source of a tie")
         del self._V, self._U
         self._tied_source = (source,)
+        self.tied_mode = mode
+        if mode == "shared_storage":
+            self._V = nn.Parameter(source._U.detach().T)
+            self._U = nn.Parameter(source._V.detach().T)
+
+    def retie(self) -> None:
+        """Point a `shared_storage` tie's parameters at the source's storage again.
+
+        Needed after `Module.to`/`_apply`, which moves each parameter to a tensor of its own.
+        """
+        if self.tied_mode == "shared_storage":
+            source = self._tied_source[0]
+            self._V.data = source._U.data.T
+            self._U.data = source._V.data.T
 
     @property
     def is_tied(self) -> bool:
@@ -130,9 +159,10 @@ class MLPGates(nn.Module):
     def __init__(self, C: int, hidden_dims: list[int]) -> None:
         super().__init__()
         dims = [1, *hidden_dims, 1]
+        n_layers = len(dims) - 1
         self.weights = nn.ParameterList(
-            nn.Parameter(_fan_in_normal((C, d_in, d_out), d_in))
-            for d_in, d_out in itertools.pairwise(dims)
+            nn.Parameter(_fan_in_normal((C, d_in, d_out), d_in, is_output=k == n_layers - 1))
+            for k, (d_in, d_out) in enumerate(itertools.pairwise(dims))
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(C, d_out)) for d_out in dims[1:])
 
@@ -164,10 +194,14 @@ class VectorMLPGates(nn.Module):
         super().__init__()
         dims = [*hidden_dims, 1]
         self.C = C
-        self.in_weight = nn.Parameter(_fan_in_normal((d_in, C, dims[0]), d_in))
+        self.in_weight = nn.Parameter(
+            _fan_in_normal((d_in, C, dims[0]), d_in, is_output=len(dims) == 1)
+        )
         self.in_bias = nn.Parameter(torch.zeros(C, dims[0]))
+        n_later = len(dims) - 1
         self.weights = nn.ParameterList(
-            nn.Parameter(_fan_in_normal((C, a, b), a)) for a, b in itertools.pairwise(dims)
+            nn.Parameter(_fan_in_normal((C, a, b), a, is_output=k == n_later - 1))
+            for k, (a, b) in enumerate(itertools.pairwise(dims))
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(C, b)) for b in dims[1:])
 
@@ -180,6 +214,15 @@ class VectorMLPGates(nn.Module):
         return h.squeeze(-1)
 
 
-def _fan_in_normal(shape: tuple[int, ...], fan_in: int) -> Tensor:
-    # He-style scale keeps the pre-GELU variance near 1 whatever the width.
-    return torch.randn(shape) * math.sqrt(2.0 / fan_in)
+def fan_in_std(fan_in: int, is_output: bool) -> float:
+    """Initial std of a CI-function weight: gain √2 before a GELU, gain 1 for the output layer.
+
+    The He-style √(2/fan_in) keeps the pre-GELU variance near 1 whatever the width; the output
+    layer feeds no nonlinearity, so it takes 1/√fan_in, as the original implementation does
+    (docs/method.md, 'Differences from the original implementation').
+    """
+    return math.sqrt((1.0 if is_output else 2.0) / fan_in)
+
+
+def _fan_in_normal(shape: tuple[int, ...], fan_in: int, is_output: bool) -> Tensor:
+    return torch.randn(shape) * fan_in_std(fan_in, is_output)

@@ -38,7 +38,12 @@ def lower_leaky_hard_sigmoid(x: Tensor) -> Tensor:
 
 
 class _UpperLeakyHardSigmoid(torch.autograd.Function):
-    """Forward 0 for x <= 0, x on [0, 1], 1 + LEAK·(x − 1) above 1; slope 0, 1, LEAK."""
+    """Forward 0 for x <= 0, x on [0, 1], 1 + LEAK·(x − 1) above 1.
+
+    Slope 0 below 0, 1 on [0, 1] (at exactly 0 too, as the original implementation's clamp has:
+    at initialisation the CI functions' biases are 0, so an all-zero input gives exactly 0 here),
+    LEAK above 1.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
@@ -49,7 +54,7 @@ class _UpperLeakyHardSigmoid(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grad_outputs: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
-        slope = torch.where(x > 1, LEAK, (x > 0).to(x.dtype))
+        slope = torch.where(x > 1, LEAK, (x >= 0).to(x.dtype))
         return grad_outputs[0] * slope
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from spd.config.loading import config_from_dict
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.persistence.atomic_files import atomic_torch_save
@@ -104,3 +105,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not {"config", "decomposition"} <= data.keys():
         raise SPDUserError(f"{path} is not an spd checkpoint (no 'config'/'decomposition' entries)")
     return data
+
+
+def checkpoint_config(data: Mapping[str, Any], source: Path) -> Config:
+    """The config a checkpoint was written under.
+
+    A checkpoint from before `tied_weights_mode` existed trained its tied matrices as one
+    parameter, so its config is read as `single_parameter` (not today's default): resuming it
+    under the other mode is then refused by name instead of mixing optimiser states.
+    """
+    raw = dict(data["config"])
+    if raw.get("tied_weights") and "tied_weights_mode" not in raw:
+        raw["tied_weights_mode"] = "single_parameter"
+    return config_from_dict(raw, source=str(source))

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spd.config.loading import config_from_dict
 from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.persistence.checkpoints import latest_checkpoint, read_checkpoint
+from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
 from spd.persistence.run_dir import CONFIG_FILE, RunDirectory
 
 RESUMABLE_FIELDS = frozenset(
@@ -102,7 +101,7 @@ def check_checkpoint(data: dict[str, Any], source: Path, config: Config) -> int:
             f"cannot resume from {source}: it holds no training state ({', '.join(missing)} "
             "missing), only a model"
         )
-    check_resumable(config_from_dict(data["config"], source=str(source)), config, source)
+    check_resumable(checkpoint_config(data, source), config, source)
     step = int(data["step"])
     if step > config.steps:
         raise SPDUserError(

@@ -1,7 +1,14 @@
-"""Tracks which subcomponents have fired recently (spec §5: 'alive' subcomponents)."""
+"""Tracks which subcomponents have fired recently (docs/method.md, 'Optimisation': alive).
+
+With several data-parallel ranks the tracker counts the global batch, as the original
+implementation does: a subcomponent fired if it fired on any rank, and the examples seen are
+summed over ranks, so every rank holds the same counters.
+"""
 
 import torch
 from torch import Tensor
+
+from spd.train import distributed
 
 
 class AliveTracker:
@@ -26,11 +33,16 @@ class AliveTracker:
         """Count the examples (and positions) of `ci`, or `n_examples` when `ci` holds fewer rows
         than the batch because the rows left out share one CI vector with a row it holds
         (`spd.losses.row_selection`)."""
-        for name, g in ci.items():
-            n_in_batch = g.shape[:-1].numel() if n_examples is None else n_examples
-            fired = g.flatten(0, -2).amax(dim=0) > self.threshold
-            counter = self.examples_since_fired[name]
-            counter.add_(n_in_batch).masked_fill_(fired, 0)
+        names = list(ci)
+        n_in_batch = (
+            next(iter(ci.values())).shape[:-1].numel() if n_examples is None else n_examples
+        )
+        fired = torch.stack(
+            [ci[name].flatten(0, -2).amax(dim=0) > self.threshold for name in names]
+        )
+        any_fired, n_in_batch = distributed.combine_firing(fired, n_in_batch)
+        for name, fired_here in zip(names, any_fired, strict=True):
+            self.examples_since_fired[name].add_(n_in_batch).masked_fill_(fired_here, 0)
 
     def n_alive(self) -> dict[str, int]:
         return {n: int((c < self.n_examples).sum()) for n, c in self.examples_since_fired.items()}

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from jaxtyping import Bool
+from torch import Tensor, nn
 
 from spd.errors import SPDUserError
 
@@ -146,3 +147,21 @@ def average_metrics(metrics: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     values /= dist.get_world_size()
     return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def combine_firing(
+    fired: Bool[Tensor, "layers C"], n_examples: int
+) -> tuple[Bool[Tensor, "layers C"], int]:
+    """Whether each subcomponent fired on any rank, and the examples counted over all ranks.
+
+    One collective: the firing flags and the count are summed together.
+    """
+    if not dist.is_initialized():
+        return fired, n_examples
+    device = _reduce_device()
+    packed = torch.cat(
+        [fired.flatten().long().to(device), torch.tensor([n_examples], device=device)]
+    )
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    any_fired = (packed[:-1] > 0).view(fired.shape).to(fired.device)
+    return any_fired, int(packed[-1])

@@ -1,4 +1,9 @@
-"""Learning-rate schedules with optional linear warm-up (spec §5)."""
+"""Learning-rate schedules with optional linear warm-up, and the annealing of p.
+
+Both boundaries follow the original implementation (docs/method.md, 'Optimisation'): warm-up
+step s of W has lr · s/W (so step 0 has lr 0), and p starts to move at the first step whose
+fraction of training is not below `start_frac`.
+"""
 
 import math
 
@@ -16,7 +21,7 @@ def lr_at_step(
     """The learning rate for optimiser step `step` of `steps`."""
     warmup_steps = int(warmup_pct * steps)
     if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+        return base_lr * step / warmup_steps
     t, total = step - warmup_steps, max(steps - warmup_steps, 1)
     if schedule == "constant":
         factor = 1.0
@@ -38,7 +43,7 @@ def pnorm_at_step(
     if final_p is None:
         return pnorm
     frac = step / steps
-    if frac <= start_frac:
+    if frac < start_frac:
         return pnorm
     if frac >= end_frac or end_frac == start_frac:
         return final_p

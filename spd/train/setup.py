@@ -56,7 +56,9 @@ def set_up_training(
         torch.manual_seed(distributed.rank_seed(config.seed))
     params = trainable_parameters(model)
     # The fused kernel (CPU and CUDA) replaces a dozen small ops per parameter per step.
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(
+        model.optimizer_param_groups(params), lr=config.lr, weight_decay=0.0, fused=True
+    )
     alive = AliveTracker(
         model.module_names,
         config.C,

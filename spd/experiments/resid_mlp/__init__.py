@@ -1,1 +1,1 @@
-"""Residual-MLP toy models of compressed computation (spec §7) as SPD targets."""
+"""Residual-MLP toy models of compressed computation (docs/method.md, 'Experiments') as SPD targets."""

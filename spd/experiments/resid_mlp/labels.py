@@ -1,6 +1,6 @@
 """The residual-MLP task's labels, y_i = x_i + ReLU(c_i · x_i), and their coefficients on disk.
 
-The spec's task has every coefficient c_i = 1 (y = x + ReLU(x)). The coefficients a target was
+The task of docs/method.md has every coefficient c_i = 1 (y = x + ReLU(x)). The coefficients a target was
 trained with are written beside it (`label_coeffs.json`) so that its loss can be checked later
 against the very labels it learnt.
 """
