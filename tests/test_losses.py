@@ -18,6 +18,8 @@ from spd.errors import SPDUserError
 from spd.experiments.tms.models import TMSModel
 from spd.losses.row_selection import select_rows
 from spd.losses.terms import (
+    LOSS_TERMS,
+    LossInputs,
     batch_loss,
     embedding_recon_loss,
     faithfulness_loss,
@@ -293,7 +295,9 @@ def test_null_coefficients_skip_their_terms(hand_model: ComponentModel) -> None:
     config = _config(faithfulness_coeff=2.0, importance_minimality_coeff=3.0)
     pre_acts, ci, ci_upper = _ci(hand_model)
     rng_before = torch.get_rng_state()
-    total, terms = total_loss(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    total, terms = total_loss(
+        LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+    )
     assert set(terms) == {"faithfulness", "importance_minimality"}
     assert torch.equal(torch.get_rng_state(), rng_before), "no stochastic mask was drawn"
     # faithfulness 5/8; importance (1 + 0.5) + (0.5 + 1.02) = 3.02 over one example.
@@ -307,7 +311,9 @@ def test_deterministic_terms_use_the_ci_as_mask(hand_model: ComponentModel) -> N
         recon_coeff=1.0, recon_layerwise_coeff=10.0, out_recon_coeff=100.0, schatten_coeff=0.5
     )
     pre_acts, ci, ci_upper = _ci(hand_model)
-    total, terms = total_loss(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    total, terms = total_loss(
+        LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+    )
     assert set(terms) == {"recon", "recon_layerwise", "out_recon", "schatten"}
     # Masks = ci = the layerwise hand case above: full 0.125, layerwise 0.375.
     # out_recon (unmasked): fc1 → [2, 3], fc2 → + b → [2.5, 2.5]; (1 + 4) / 2 = 2.5.
@@ -331,7 +337,9 @@ def test_stochastic_terms_average_independent_draws(
     )
     pre_acts, ci, ci_upper = _ci(hand_model)
     torch.manual_seed(11)
-    _, terms = total_loss(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, pnorm=1.0)
+    _, terms = total_loss(
+        LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+    )
     # Replay the draws: per sample, the full term's masks, then the layerwise term's own masks
     # (this pins the draw order of losses.total_loss).
     torch.manual_seed(11)
@@ -361,7 +369,9 @@ def test_embedding_recon_in_the_total_draws_masks_of_its_own(
     target_out = embed_model(EMB_TOKENS)
     ci = {"embed": torch.tensor([[[0.5, 0.9], [0.2, 0.0]]])}
     torch.manual_seed(5)
-    _, terms = total_loss(embed_model, EMB_TOKENS, target_out, pre_acts, ci, ci, config, pnorm=1.0)
+    _, terms = total_loss(
+        LossInputs(embed_model, EMB_TOKENS, target_out, pre_acts, ci, ci, config, 1.0, None)
+    )
     assert set(terms) == {"stochastic_recon", "embedding_recon"}
     # Replay: the full term's masks first, then the embedding term's own draw.
     torch.manual_seed(5)
@@ -502,3 +512,23 @@ def test_a_mostly_live_batch_is_not_cut() -> None:
     model, _, x = _sparse_tms()
     _, pre_acts = model.forward_with_pre_acts(torch.rand_like(x) + 0.1)
     assert select_rows(model, pre_acts) is None
+
+
+def test_every_loss_coefficient_field_has_one_term_in_the_loss_table() -> None:
+    coeff_fields = [name for name in Config.model_fields if name.endswith("_coeff")]
+    assert sorted(term.coeff_field for term in LOSS_TERMS) == sorted(coeff_fields)
+    assert len({term.name for term in LOSS_TERMS}) == len(LOSS_TERMS)
+
+
+def test_each_term_alone_is_the_whole_loss_times_its_coefficient(
+    hand_model: ComponentModel,
+) -> None:
+    pre_acts, ci, ci_upper = _ci(hand_model)
+    for term in LOSS_TERMS:
+        if term.name == "embedding_recon":
+            continue  # needs a decomposed Embedding (tested with TinyLM below)
+        config = _config(**{term.coeff_field: 0.5})
+        inputs = LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+        total, terms = total_loss(inputs)
+        assert list(terms) == [term.name]
+        assert total.item() == pytest.approx(0.5 * terms[term.name].item(), rel=1e-6)

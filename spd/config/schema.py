@@ -21,6 +21,8 @@ from spd.config.evaluators import validate_specs
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 OptionalCoeff = NonNegativeFloat | None
+# Every field named `<term>_coeff` is the coefficient of the loss term `<term>`.
+LOSS_COEFF_SUFFIX = "_coeff"
 
 GateType = Literal["mlp", "vector_mlp"]
 SigmoidType = Literal["leaky_hard", "normal", "hard", "upper_leaky_hard", "swish_hard"]
@@ -282,18 +284,7 @@ class Config(StrictModel):
             raise ValueError(
                 "set pretrained_model_path (or pretrained_model_name_hf) to the target"
             )
-        loss_coeffs = [
-            self.faithfulness_coeff,
-            self.stochastic_recon_coeff,
-            self.stochastic_recon_layerwise_coeff,
-            self.recon_coeff,
-            self.recon_layerwise_coeff,
-            self.importance_minimality_coeff,
-            self.schatten_coeff,
-            self.out_recon_coeff,
-            self.embedding_recon_coeff,
-        ]
-        if all(c is None for c in loss_coeffs):
+        if not self.loss_coeffs:
             raise ValueError("every loss coefficient is null: nothing would be optimised")
         # Metric and figure names are checked against their registries here so that a typo fails
         # before any model is built.
@@ -307,16 +298,11 @@ class Config(StrictModel):
 
     @property
     def loss_coeffs(self) -> dict[str, float]:
-        """The loss terms that are computed, with their coefficients."""
-        all_coeffs = {
-            "faithfulness": self.faithfulness_coeff,
-            "stochastic_recon": self.stochastic_recon_coeff,
-            "stochastic_recon_layerwise": self.stochastic_recon_layerwise_coeff,
-            "recon": self.recon_coeff,
-            "recon_layerwise": self.recon_layerwise_coeff,
-            "importance_minimality": self.importance_minimality_coeff,
-            "schatten": self.schatten_coeff,
-            "out_recon": self.out_recon_coeff,
-            "embedding_recon": self.embedding_recon_coeff,
+        """The loss terms that are computed (every `<name>_coeff` field that is not null), by
+        name, with their coefficients; `spd.losses.terms.LOSS_TERMS` computes them."""
+        fields = type(self).model_fields
+        return {
+            name.removesuffix(LOSS_COEFF_SUFFIX): value
+            for name in fields
+            if name.endswith(LOSS_COEFF_SUFFIX) and (value := getattr(self, name)) is not None
         }
-        return {name: c for name, c in all_coeffs.items() if c is not None}

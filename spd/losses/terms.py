@@ -4,7 +4,7 @@ Every term is a function of the component model, the batch, the target's output 
 importances of this step; a term whose coefficient is null is never computed.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -139,65 +139,120 @@ def embedding_recon_loss(
     return torch.stack(losses).mean()
 
 
-def total_loss(
-    model: ComponentModel,
-    batch: Tensor,
-    target_out: Tensor,
-    pre_acts: Mapping[str, Tensor],
-    ci: Mapping[str, Tensor],
-    ci_upper: Mapping[str, Tensor],
-    config: Config,
-    pnorm: float,
-    rows: RowSelection | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Σ coeff_i · loss_i over the configured terms; also returns each term (detached).
+@dataclass(frozen=True)
+class LossInputs:
+    """What every loss term may read: the model, the (row-selected) batch and this step's CI."""
 
-    With `rows` (`spd.losses.row_selection`), every tensor holds only the selected rows of the batch,
-    and each term is still the full batch's: the reconstruction means are scaled by the kept
-    share (the rows left out add zero), the importance means weight the representative row.
+    model: ComponentModel
+    batch: Tensor
+    target_out: Tensor
+    pre_acts: Mapping[str, Tensor]
+    ci: Mapping[str, Tensor]
+    ci_upper: Mapping[str, Tensor]
+    config: Config
+    pnorm: float
+    rows: RowSelection | None
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the method's loss: its name (the `<name>_coeff` config field and the
+    `train/loss/<name>` metric), how to compute it and how it treats a row selection.
+
+    A `stochastic` term is computed once per mask sample (`n_mask_samples`) from masks of its
+    own, drawn in the order of `LOSS_TERMS`, and averaged. `row_mean` terms are means over batch
+    rows: with a row selection they are scaled by the kept share (the rows left out add zero).
     """
-    coeffs = config.loss_coeffs
-    loss_type = config.output_loss_type
-    share = 1.0 if rows is None else rows.share
+
+    name: str
+    compute: Callable[[LossInputs, Mapping[str, Tensor]], Tensor]
+    stochastic: bool = False
+    row_mean: bool = False
+
+    @property
+    def coeff_field(self) -> str:
+        return f"{self.name}_coeff"
+
+
+def _unmasked(s: LossInputs) -> dict[str, Tensor | None]:
+    return dict.fromkeys(s.model.module_names)
+
+
+# The one list of loss terms, in the order they are computed, logged and summed. Adding a term is
+# one entry here and one `<name>_coeff` field in `spd.config.schema.Config`.
+LOSS_TERMS: tuple[LossTerm, ...] = (
+    LossTerm("faithfulness", lambda s, _: faithfulness_loss(s.model)),
+    LossTerm(
+        "recon",
+        lambda s, _: recon_loss(s.model, s.batch, s.target_out, s.ci, s.config.output_loss_type),
+        row_mean=True,
+    ),
+    LossTerm(
+        "recon_layerwise",
+        lambda s, _: layerwise_recon_loss(
+            s.model, s.batch, s.target_out, s.ci, s.config.output_loss_type
+        ),
+        row_mean=True,
+    ),
+    LossTerm(
+        "stochastic_recon",
+        lambda s, masks: recon_loss(
+            s.model, s.batch, s.target_out, masks, s.config.output_loss_type
+        ),
+        stochastic=True,
+        row_mean=True,
+    ),
+    LossTerm(
+        "stochastic_recon_layerwise",
+        lambda s, masks: layerwise_recon_loss(
+            s.model, s.batch, s.target_out, masks, s.config.output_loss_type
+        ),
+        stochastic=True,
+        row_mean=True,
+    ),
+    # Never row-filtered: token inputs are not selected by rows.
+    LossTerm(
+        "embedding_recon",
+        lambda s, masks: embedding_recon_loss(
+            s.model, s.pre_acts, masks, s.config.is_embed_unembed_recon
+        ),
+        stochastic=True,
+    ),
+    LossTerm(
+        "importance_minimality",
+        lambda s, _: importance_minimality_loss(s.ci_upper, s.pnorm, s.rows),
+    ),
+    LossTerm("schatten", lambda s, _: schatten_loss(s.model, s.ci_upper, s.pnorm, s.rows)),
+    LossTerm(
+        "out_recon",
+        lambda s, _: recon_loss(
+            s.model, s.batch, s.target_out, _unmasked(s), s.config.output_loss_type
+        ),
+        row_mean=True,
+    ),
+)
+
+
+def total_loss(inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
+    """Σ coeff_i · loss_i over the configured terms of `LOSS_TERMS`; also returns each term
+    (detached). A term whose coefficient is null is never computed.
+
+    With `inputs.rows` (`spd.losses.row_selection`), every tensor holds only the selected rows of
+    the batch, and each term is still the full batch's (see `LossTerm`).
+    """
+    coeffs = inputs.config.loss_coeffs
+    active = [term for term in LOSS_TERMS if term.name in coeffs]
+    share = 1.0 if inputs.rows is None else inputs.rows.share
+    values = {term.name: term.compute(inputs, {}) for term in active if not term.stochastic}
+    draws: dict[str, list[Tensor]] = {term.name: [] for term in active if term.stochastic}
+    for _ in range(inputs.config.n_mask_samples):
+        for term in active:
+            if term.stochastic:
+                draws[term.name].append(term.compute(inputs, stochastic_masks(inputs.ci)))
     terms: dict[str, Tensor] = {}
-    if "faithfulness" in coeffs:
-        terms["faithfulness"] = faithfulness_loss(model)
-    if "recon" in coeffs:
-        terms["recon"] = share * recon_loss(model, batch, target_out, ci, loss_type)
-    if "recon_layerwise" in coeffs:
-        terms["recon_layerwise"] = share * layerwise_recon_loss(
-            model, batch, target_out, ci, loss_type
-        )
-    if {"stochastic_recon", "stochastic_recon_layerwise", "embedding_recon"} & coeffs.keys():
-        # Each term draws masks of its own, independent of the others' in the same step.
-        full, layerwise, embedding = [], [], []
-        for _ in range(config.n_mask_samples):
-            if "stochastic_recon" in coeffs:
-                full.append(recon_loss(model, batch, target_out, stochastic_masks(ci), loss_type))
-            if "stochastic_recon_layerwise" in coeffs:
-                layerwise.append(
-                    layerwise_recon_loss(model, batch, target_out, stochastic_masks(ci), loss_type)
-                )
-            if "embedding_recon" in coeffs:
-                embedding.append(
-                    embedding_recon_loss(
-                        model, pre_acts, stochastic_masks(ci), config.is_embed_unembed_recon
-                    )
-                )
-        for name, samples, scale in (
-            ("stochastic_recon", full, share),
-            ("stochastic_recon_layerwise", layerwise, share),
-            ("embedding_recon", embedding, 1.0),  # never row-filtered: tokens are not vectors
-        ):
-            if samples:
-                terms[name] = scale * torch.stack(samples).mean()
-    if "importance_minimality" in coeffs:
-        terms["importance_minimality"] = importance_minimality_loss(ci_upper, pnorm, rows)
-    if "schatten" in coeffs:
-        terms["schatten"] = schatten_loss(model, ci_upper, pnorm, rows)
-    if "out_recon" in coeffs:
-        unmasked: dict[str, Tensor | None] = dict.fromkeys(model.module_names)
-        terms["out_recon"] = share * recon_loss(model, batch, target_out, unmasked, loss_type)
+    for term in active:
+        value = torch.stack(draws[term.name]).mean() if term.stochastic else values[term.name]
+        terms[term.name] = share * value if term.row_mean else value
     total = torch.stack([coeffs[name] * value for name, value in terms.items()]).sum()
     return total, {name: value.detach() for name, value in terms.items()}
 
@@ -222,5 +277,6 @@ def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: floa
         batch, target_out = rows.take(batch), rows.take(target_out)
         pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
     ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
-    total, terms = total_loss(model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm, rows)
+    inputs = LossInputs(model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm, rows)
+    total, terms = total_loss(inputs)
     return BatchLoss(total=total, terms=terms, ci=ci, rows=rows)
