@@ -15,28 +15,15 @@ from transformers import PreTrainedTokenizerBase
 from spd.config.loading import config_from_dict
 from spd.config.schema import Config
 from spd.data.lm_data import load_tokenizer
-from spd.experiments.lm.make_offline_example import TEXT_COLUMN, ExampleSpec, build_example
+from spd.experiments.lm.make_offline_example import TEXT_COLUMN, build_example
 from spd.experiments.lm.sources import EXAMPLE_DIRNAME
 from spd.loading.targets import load_target_model
 from spd.models.component_model import ComponentModel
 from spd.models.components import MLPGates
 from spd.persistence.checkpoints import save_checkpoint
 from spd.persistence.run_dir import CONFIG_FILE, RunDirectory, save_config
+from tests.tiny_lm import SEQ_LEN, TINY
 
-SEQ_LEN = 32
-TINY = ExampleSpec(
-    n_train_stories=300,
-    n_test_stories=40,
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    n_layers=2,
-    n_heads=2,
-    seq_len=SEQ_LEN,
-    batch_size=8,
-    steps=40,
-    n_eval_batches=2,
-)
 C = 6
 PLANTED, TWIN, OTHER = 1, 3, 4
 PLANTED_TEXT, OTHER_TEXT = ".", " the"

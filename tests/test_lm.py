@@ -28,7 +28,7 @@ from spd.data.lm_data import lm_batches, load_tokenizer
 from spd.errors import SPDUserError
 from spd.eval.context import EvalContext
 from spd.experiments.lm import lm_decomposition
-from spd.experiments.lm.make_offline_example import EOS, TEXT_COLUMN, ExampleSpec, build_example
+from spd.experiments.lm.make_offline_example import EOS, TEXT_COLUMN, build_example
 from spd.experiments.lm.sources import EXAMPLE_DIRNAME, resolve_sources
 from spd.experiments.registry import EXPERIMENT_REGISTRY
 from spd.experiments.run_decomposition import run_decomposition
@@ -38,22 +38,9 @@ from spd.loading.targets import load_target_model
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.models.components import MLPGates
 from spd.train.optimize import optimize
+from tests.tiny_lm import SEQ_LEN, TINY
 
 REPO = Path(__file__).resolve().parent.parent
-SEQ_LEN = 32
-TINY = ExampleSpec(
-    n_train_stories=300,
-    n_test_stories=40,
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    n_layers=2,
-    n_heads=2,
-    seq_len=SEQ_LEN,
-    batch_size=8,
-    steps=40,
-    n_eval_batches=2,
-)
 
 
 @dataclass(frozen=True)

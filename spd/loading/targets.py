@@ -3,10 +3,12 @@
 import importlib
 import pickle
 from pathlib import Path
+from typing import Any
 
 import yaml
 from torch import nn
 
+from spd.config.loading import parse_yaml_text, read_text_file
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.loading.hf_hub import fetch_guard
@@ -96,3 +98,10 @@ def load_target_model(config: Config) -> nn.Module:
         )
     model.eval()
     return model
+
+
+def read_train_config(directory: Path) -> dict[str, Any]:
+    """A shipped or trained target's `train_config.yaml`, read strictly (UTF-8, no repeated
+    keys): a damaged file must not load with a guessed meaning."""
+    config_file = directory / "train_config.yaml"
+    return parse_yaml_text(read_text_file(config_file, "target train config"), str(config_file))

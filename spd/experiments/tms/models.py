@@ -10,9 +10,9 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from spd.config.loading import parse_yaml_text, read_text_file
 from spd.config.schema import StrictModel
 from spd.loading.original_targets import OriginalTarget, find_original_target
+from spd.loading.targets import read_train_config
 
 
 class TMSModelConfig(StrictModel):
@@ -96,11 +96,7 @@ class TMSModel(nn.Module):
         original = None if (directory / "model.pth").is_file() else find_original_target(directory)
         if original is not None:
             return cls._from_original(original)
-        # Read strictly (UTF-8, no repeated keys): a damaged file must not load with a guessed meaning.
-        config_file = directory / "train_config.yaml"
-        train_config = parse_yaml_text(
-            read_text_file(config_file, "target train config"), str(config_file)
-        )
+        train_config = read_train_config(directory)
         model = cls(TMSModelConfig.model_validate(train_config["model"]))
         model.load_state_dict(
             torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
