@@ -99,7 +99,8 @@ def test_subcomponent_page_highlights_its_contexts(
     page.click(f"#rows a[href='#L0/c{PLANTED}']")
     detail = page.locator("#detail")
     assert detail.is_visible()
-    assert f"subcomponent {PLANTED}" in detail.locator("h2").inner_text()
+    # expect() retries until the page has rendered (a plain assert can read the old heading).
+    playwright_api.expect(detail.locator("h2")).to_contain_text(f"subcomponent {PLANTED}")
     fired = page.locator("#top-contexts .tok.fire")
     assert fired.count() == 8
     assert set(fired.all_inner_texts()) == {PLANTED_TEXT}
@@ -114,9 +115,9 @@ def test_subcomponent_page_highlights_its_contexts(
     _screenshot(page, "browser_subcomponent.png")
     # Its twin fires with it on every token: a link to it, which opens the twin's page.
     page.click(f"#detail a[href='#L0/c{TWIN}']")
-    assert f"subcomponent {TWIN}" in page.locator("#detail h2").inner_text()
+    playwright_api.expect(page.locator("#detail h2")).to_contain_text(f"subcomponent {TWIN}")
     page.go_back()
-    assert f"subcomponent {PLANTED}" in page.locator("#detail h2").inner_text()
+    playwright_api.expect(page.locator("#detail h2")).to_contain_text(f"subcomponent {PLANTED}")
 
 
 def test_search_finds_the_subcomponents_of_a_token(page: "Page") -> None:

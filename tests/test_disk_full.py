@@ -151,7 +151,9 @@ def test_disk_full_while_writing_a_checkpoint_resumes_exactly(
 ) -> None:
     checkpoint_size = latest_checkpoint(uninterrupted_checkpoint_run).stat().st_size
     metrics_size = (uninterrupted_checkpoint_run / "metrics.jsonl").stat().st_size
-    limit = checkpoint_size - 1
+    # Far below any checkpoint (their sizes differ by a few bytes from run to run: pickled
+    # numbers and paths), far above the metrics file.
+    limit = checkpoint_size // 2
     assert metrics_size < limit, "only the checkpoints may outgrow the limit"
 
     run_dir = tmp_path / "run"
