@@ -12,10 +12,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Literal
+from types import FrameType
+from typing import Literal
 
-from spd.persistence.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS
+from spd.persistence.preemption import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS, StopOnSignal
 
 FAILED_EXIT_CODE = 1
 Outcome = Literal["finished", "resumable", "failed", "not started"]
@@ -43,34 +43,18 @@ def launcher_exit_code(exit_codes: Sequence[int | None]) -> int:
     return FAILED_EXIT_CODE
 
 
-class SignalForwarder:
+class SignalForwarder(StopOnSignal):
     """While active, SIGTERM and SIGUSR1 are passed on to the running child (see `run`) and
     recorded in `received`, so the caller starts no further run."""
 
     def __init__(self) -> None:
-        self.received: signal.Signals | None = None
+        super().__init__(PREEMPTION_SIGNALS)
         self._child: subprocess.Popen[bytes] | None = None
-        self._previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.received = signal.Signals(signum)
+        super()._handle(signum, _frame)
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signum)
-
-    def __enter__(self) -> "SignalForwarder":
-        for sig in PREEMPTION_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
 
     def run(
         self, command: list[str], cwd: Path | None, env: Mapping[str, str], log: Path | None
