@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from types import FrameType, TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # EX_TEMPFAIL from sysexits.h: a temporary failure; running the command again will continue it.
@@ -39,7 +39,7 @@ class StopOnSignal:
     def __call__(self) -> bool:
         return self.received is not None
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
