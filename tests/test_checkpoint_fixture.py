@@ -46,7 +46,8 @@ def test_a_checkpoint_from_before_the_move_loads_and_gives_the_same_outputs() ->
 
 def test_the_run_resumes_from_it_and_logs_what_the_old_code_logged(tmp_path: Path) -> None:
     """Step 20 is the run's last: resuming logs and evaluates it from the restored state alone
-    (model, RNG, data streams, alive tracker), so its rows must equal the old run's."""
+    (model, RNG, data streams, alive tracker), so its rows must equal the old run's
+    (to rounding; see below for the stochastic terms)."""
     config = tiny_tms_config(tied_weights_mode="single_parameter")
     checkpoint = shutil.copy(CHECKPOINT, tmp_path / "model_00000020.pth")
     target = load_target_model(config)
@@ -65,9 +66,17 @@ def test_the_run_resumes_from_it_and_logs_what_the_old_code_logged(tmp_path: Pat
     # The run's `final/` row came from the decomposition script, not from `optimize`.
     old = [json.loads(line) for line in OLD_METRICS.read_text().splitlines()]
     old = [row for row in old if not any(key.startswith("final/") for key in row)]
-    assert [row for row in read_metrics(run_dir.path) if row["step"] == 20] == [
-        row for row in old if row["step"] == 20
-    ]
+    new_rows = [row for row in read_metrics(run_dir.path) if row["step"] == 20]
+    old_rows = [row for row in old if row["step"] == 20]
+    assert [row.keys() for row in new_rows] == [row.keys() for row in old_rows]
+    # Since the speed work of #12 the CI is laid out row-major, which reorders a few sums (so
+    # equal to rounding, not bitwise) and changes which uniform draw lands on which mask entry
+    # (`rand_like` followed the memory layout): the stochastic terms, the total that holds them
+    # and the gradient norm are a different but equally distributed draw.
+    for new_row, old_row in zip(new_rows, old_rows, strict=True):
+        drawn = ("train/loss/total", "train/grad_norm")
+        same = {k: v for k, v in old_row.items() if "stochastic" not in k and k not in drawn}
+        assert {k: new_row[k] for k in same} == pytest.approx(same, rel=1e-5, abs=1e-8)
 
 
 def test_resuming_it_under_the_shared_storage_tie_is_refused_by_name(tmp_path: Path) -> None:

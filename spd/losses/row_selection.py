@@ -26,6 +26,7 @@ from torch import Tensor
 
 from spd.errors import SPDUserError
 from spd.models.component_model import ComponentModel
+from spd.models.low_rank_stream import LowRankStream
 
 # Cut the batch only when the inert rows are a sizeable share of it; otherwise the gathers
 # cost more than they save.
@@ -55,9 +56,21 @@ class RowSelection:
         return (per_row * self.weights).sum() / self.n_rows
 
 
-def select_rows(model: ComponentModel, pre_acts: Mapping[str, Tensor]) -> RowSelection | None:
-    """The rows a training step must compute on, or None (keep every row; see the module doc)."""
+def select_rows(
+    model: ComponentModel,
+    pre_acts: Mapping[str, Tensor],
+    streams: Mapping[str, LowRankStream] | None = None,
+) -> RowSelection | None:
+    """The rows a training step must compute on, or None (keep every row; see the module doc).
+
+    A layer input given as a `LowRankStream` counts as zero on a row where all its factors are.
+    """
     acts = list(pre_acts.values())
+    for stream in (streams or {}).values():
+        if stream.offset is not None:
+            return None
+        acts += [c for c, _ in stream.terms]
+        acts += [] if stream.dense_part is None else [stream.dense_part]
     if not getattr(model.target, "independent_rows", False) or acts[0].device.type != "cpu":
         return None
     n = acts[0].shape[0]
@@ -76,20 +89,17 @@ def select_rows(model: ComponentModel, pre_acts: Mapping[str, Tensor]) -> RowSel
 
 
 def check_independent_rows(
-    model: ComponentModel,
-    batch: Tensor,
-    target_out: Tensor,
-    pre_acts: Mapping[str, Tensor],
-    rows: RowSelection,
+    model: ComponentModel, batch: Tensor, target_out: Tensor, rows: RowSelection
 ) -> None:
     """Refuse a target whose `independent_rows = True` is wrong, on the first cut batch only.
 
-    One extra target pass over the kept rows (a fraction of the batch): its output and the input
-    of every decomposed layer must equal the full batch's on those rows.
+    Two extra target passes, once: the output and the input of every decomposed layer on the
+    kept rows alone must equal the full batch's on those rows.
     """
     if model.independent_rows_checked:
         return
     with torch.no_grad():
+        _, pre_acts = model.forward_with_pre_acts(batch)
         out, acts = model.forward_with_pre_acts(rows.take(batch))
     full = {"the output": rows.take(target_out)} | {
         f"the input of '{name}'": rows.take(a) for name, a in pre_acts.items()

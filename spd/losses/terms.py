@@ -32,7 +32,12 @@ def output_divergence(pred: Tensor, target: Tensor, loss_type: OutputLossType) -
 
 def stochastic_masks(ci: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """m = g + (1 − g) ⊙ r with r ~ U(0, 1), drawn per example (and position) and subcomponent."""
-    return {name: torch.addcmul(g, 1 - g, torch.rand_like(g)) for name, g in ci.items()}
+    # `rand`, not `rand_like`: the draws then fill the masks in row-major order whatever the CI's
+    # memory layout, so a seed gives the same masks on every code path.
+    return {
+        name: torch.addcmul(g, 1 - g, torch.rand(g.shape, dtype=g.dtype, device=g.device))
+        for name, g in ci.items()
+    }
 
 
 def faithfulness_loss(model: ComponentModel) -> Tensor:
@@ -270,13 +275,14 @@ class BatchLoss:
 def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
     """Target pass, row selection (`spd.losses.row_selection`), causal importances, `total_loss`."""
     with torch.no_grad():
-        target_out, pre_acts = model.forward_with_pre_acts(batch)
-    rows = select_rows(model, pre_acts)
+        target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
+    rows = select_rows(model, pre_acts, streams)
     if rows is not None:
-        check_independent_rows(model, batch, target_out, pre_acts, rows)
+        check_independent_rows(model, batch, target_out, rows)
         batch, target_out = rows.take(batch), rows.take(target_out)
         pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
-    ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type)
+        streams = {name: s.take_rows(rows.index) for name, s in streams.items()}
+    ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type, streams=streams)
     inputs = LossInputs(model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm, rows)
     total, terms = total_loss(inputs)
     return BatchLoss(total=total, terms=terms, ci=ci, rows=rows)

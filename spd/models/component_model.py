@@ -24,6 +24,7 @@ from spd.errors import SPDUserError
 from spd.loading.run_paths import resolve_run_path
 from spd.loading.targets import load_target_model
 from spd.models.components import Components, EmbeddingComponents, MLPGates, VectorMLPGates
+from spd.models.low_rank_stream import LowRankStream, read_stream, write_stream
 from spd.models.sigmoids import get_sigmoids
 from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
 
@@ -51,6 +52,7 @@ class DecomposedModule(nn.Module):
         self.mask: Tensor | None = None
         self.capture_input = False
         self.captured_input: Tensor | None = None
+        self.captured_stream: LowRankStream | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.capture_input:
@@ -58,6 +60,22 @@ class DecomposedModule(nn.Module):
         if self.mode == "components":
             return self.components(x, self.mask)
         return self.original(x)
+
+    def read_stream(self, stream: LowRankStream) -> Tensor:
+        """The layer applied to a `LowRankStream` input, through its small factors."""
+        if self.capture_input:
+            self.captured_stream = stream
+        if self.mode == "components":
+            return self.components.output(stream.project(self.components.V), self.mask)
+        return read_stream(self.original, stream)
+
+    def write_stream(self, x: Tensor) -> LowRankStream:
+        """The layer's output as `LowRankStream` terms, for a target that adds it to a stream."""
+        if self.capture_input:
+            self.captured_input = x
+        if self.mode == "components":
+            return self.components.write_stream(x, self.mask)
+        return write_stream(self.original, x)
 
 
 def _build_components(module: nn.Module, C: int) -> Components:
@@ -219,19 +237,37 @@ class ComponentModel(nn.Module):
 
     def forward_with_pre_acts(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The target's output and the input each decomposed layer received."""
+        out, pre_acts, streams = self.forward_with_pre_act_streams(x)
+        dense = {
+            name: streams[name].dense() if name in streams else pre_acts[name]
+            for name in self.module_names
+        }
+        return out, dense
+
+    def forward_with_pre_act_streams(
+        self, x: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, LowRankStream]]:
+        """`forward_with_pre_acts`, except that an input the target passed as a `LowRankStream`
+        (`spd.models.low_rank_stream`) is returned in `streams` in its factored form, and not
+        formed densely: `pre_acts` holds the other layers' inputs."""
         for wrapper in self.decomposed.values():
             wrapper.capture_input = True
         try:
             out = self.forward(x)
-            pre_acts = {}
+            pre_acts: dict[str, Tensor] = {}
+            streams: dict[str, LowRankStream] = {}
             for name, wrapper in self.decomposed.items():
+                if wrapper.captured_stream is not None:
+                    streams[name] = wrapper.captured_stream
+                    continue
                 assert wrapper.captured_input is not None, f"layer '{name}' was not called"
                 pre_acts[name] = wrapper.captured_input
         finally:
             for wrapper in self.decomposed.values():
                 wrapper.capture_input = False
                 wrapper.captured_input = None
-        return out, pre_acts
+                wrapper.captured_stream = None
+        return out, pre_acts, streams
 
     @contextmanager
     def _components_active(self, masks: Mapping[str, Tensor | None]) -> Iterator[None]:
@@ -256,15 +292,34 @@ class ComponentModel(nn.Module):
     # ----- causal importance -----
 
     def causal_importances(
-        self, pre_acts: Mapping[str, Tensor], sigmoid_type: SigmoidType, detach_inputs: bool = False
+        self,
+        pre_acts: Mapping[str, Tensor],
+        sigmoid_type: SigmoidType,
+        detach_inputs: bool = False,
+        streams: Mapping[str, LowRankStream] | None = None,
     ) -> tuple[dict[str, Float[Tensor, "... C"]], dict[str, Float[Tensor, "... C"]]]:
-        """(mask-side CI, loss-side 'upper' CI) per decomposed layer, each in [0, 1] (upper may exceed 1)."""
+        """(mask-side CI, loss-side 'upper' CI) per decomposed layer, each in [0, 1] (upper may exceed 1).
+
+        The layers are those of `pre_acts` and of `streams` (factored inputs, from
+        `forward_with_pre_act_streams`), whose inner activations are computed through the small
+        factors.
+        """
         mask_fn, loss_fn = get_sigmoids(sigmoid_type)
+        streams = streams or {}
         ci: dict[str, Tensor] = {}
         ci_upper: dict[str, Tensor] = {}
-        for name, a in pre_acts.items():
+        for name in self.module_names:
+            if name not in pre_acts and name not in streams:
+                continue
             gate = self.gate(name)
-            gate_input = self.components[name].inner_acts(a) if isinstance(gate, MLPGates) else a
+            stream = streams.get(name)
+            if stream is not None and isinstance(gate, MLPGates):
+                gate_input = stream.project(self.components[name].V)
+            else:
+                a = pre_acts[name] if stream is None else stream.dense()
+                gate_input = (
+                    self.components[name].inner_acts(a) if isinstance(gate, MLPGates) else a
+                )
             if detach_inputs:
                 gate_input = gate_input.detach()
             raw = gate(gate_input)

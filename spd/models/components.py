@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from spd.config.schema import TiedWeightsMode
+from spd.models.low_rank_stream import LowRankStream
 from spd.models.scalar_mlp import scalar_mlp
 
 WeightLayout = Literal["out_in", "in_out"]
@@ -133,11 +134,23 @@ class Components(nn.Module):
     def forward(
         self, x: Float[Tensor, "... d_in"], mask: Float[Tensor, "... C"] | None = None
     ) -> Float[Tensor, "... d_out"]:
-        acts = self.inner_acts(x)
-        if mask is not None:
-            acts = acts * mask
+        return self.output(self.inner_acts(x), mask)
+
+    def output(
+        self, inner_acts: Float[Tensor, "... C"], mask: Float[Tensor, "... C"] | None = None
+    ) -> Float[Tensor, "... d_out"]:
+        """The layer's output from its inner activations: ((inner ⊙ mask) @ U) + bias."""
+        acts = inner_acts if mask is None else inner_acts * mask
         out = acts @ self.U
         return out if self.bias is None else out + self.bias
+
+    def write_stream(
+        self, x: Float[Tensor, "N d_in"], mask: Float[Tensor, "N C"] | None = None
+    ) -> LowRankStream:
+        """The output as stream terms: the masked inner activations through U (C wide, not d_out)."""
+        acts = self.inner_acts(x)
+        acts = acts if mask is None else acts * mask
+        return LowRankStream(terms=((acts, self.U),), offset=self.bias)
 
 
 class EmbeddingComponents(Components):

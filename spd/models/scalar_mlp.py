@@ -62,7 +62,9 @@ def _apply(
 ) -> Float[Tensor, "N C"]:
     out = _ScalarMLP.apply(x_cn.contiguous(), w1, b1, w2, b2)
     assert isinstance(out, Tensor)
-    return out.T
+    # Downstream elementwise work (sigmoids, masks) runs on (N, C) tensors; a transposed view
+    # would make every one of those operators walk memory with a stride of N.
+    return out.T.contiguous()
 
 
 def scalar_mlp(

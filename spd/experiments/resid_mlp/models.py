@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from spd.config.schema import StrictModel
 from spd.loading.original_targets import OriginalTarget, find_original_target
 from spd.loading.targets import read_train_config
+from spd.models.low_rank_stream import LowRankStream, read_stream, write_stream
 from spd.persistence.atomic_files import atomic_torch_save, atomic_write_text
 
 
@@ -83,6 +84,8 @@ class ResidMLP(nn.Module):
     def __init__(self, config: ResidMLPModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Forward through a `LowRankStream` (exact, faster); False gives the plain dense path.
+        self.factor_stream = True
         self.register_buffer(
             "W_E", random_unit_embedding(config.n_features, config.d_embed, config.embed_seed)
         )
@@ -94,10 +97,20 @@ class ResidMLP(nn.Module):
         )
 
     def forward(self, x: Float[Tensor, "... n_features"]) -> Float[Tensor, "... n_features"]:
-        h = x @ self.W_E
+        unembed = self.W_U if self.config.own_unembed else self.W_E.T
+        if not self.factor_stream or x.dim() != 2:
+            h = x @ self.W_E
+            for layer in self.layers:
+                h = h + layer(h)
+            return h @ unembed
+        # The same sums, reassociated: the stream stays a sum of (rows × few) @ (few × d_embed)
+        # products, so each layer reads it in ~n_features + Σ mlp widths dimensions, not d_embed.
+        stream = LowRankStream.of(x, self.W_E)
         for layer in self.layers:
-            h = h + layer(h)
-        return h @ (self.W_U if self.config.own_unembed else self.W_E.T)
+            assert isinstance(layer, MLPBlock)
+            hidden = layer.act(read_stream(layer.mlp_in, stream))
+            stream = stream + write_stream(layer.mlp_out, hidden)
+        return stream.project(unembed)
 
     def save(self, directory: Path, train_config: dict[str, object]) -> None:
         """Write `model.pth` (state dict, embedding included) and `train_config.yaml`."""
