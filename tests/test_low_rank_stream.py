@@ -9,7 +9,7 @@ from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
 from spd.experiments.resid_mlp.resid_mlp_decomposition import make_data
 from spd.losses.row_selection import select_rows
 from spd.models.component_model import build_component_model
-from spd.models.low_rank_stream import LowRankStream
+from spd.models.low_rank_stream import LowRankStream, shared_products
 from spd.train.optimize import optimize
 from tests.paths import REPO_ROOT
 
@@ -151,3 +151,25 @@ def test_optimize_gives_the_dense_path_losses_and_parameters() -> None:
                 assert factored[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
     for name, value in params[False].items():
         torch.testing.assert_close(params[True][name], value, rtol=1e-3, atol=1e-5)
+
+
+def test_shared_products_form_each_product_once_and_keep_gradients() -> None:
+    basis = torch.randn(4, 30, requires_grad=True)
+    matrix = torch.randn(30, 6)
+    stream = LowRankStream.of(torch.randn(50, 4), basis)
+    with shared_products():
+        with torch.no_grad():
+            untracked = stream.project(matrix)  # formed without a graph: must not be reused
+        first = stream.project(matrix)
+        second = stream.project(matrix.T.T)  # a fresh view of the same matrix
+        reused = first.grad_fn is not None and second.grad_fn is not None
+        (first.sum() + second.sum()).backward()
+    torch.testing.assert_close(untracked, first.detach())
+    assert reused and basis.grad is not None
+    # Each use of the one shared product still sends its gradient back to the basis.
+    expected = 2 * stream.terms[0][0].sum(0)[:, None] * matrix.sum(1)[None, :]
+    torch.testing.assert_close(basis.grad, expected)
+    # The shared product is one node: its matmul is in both results' graphs.
+    first_fn, second_fn = first.grad_fn, second.grad_fn
+    assert first_fn is not None and second_fn is not None
+    assert first_fn.next_functions[1][0] is second_fn.next_functions[1][0]

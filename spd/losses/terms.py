@@ -16,6 +16,7 @@ from spd.config.schema import Config, OutputLossType
 from spd.losses.row_selection import RowSelection, check_independent_rows, select_rows
 from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
+from spd.models.low_rank_stream import shared_products
 
 IMPORTANCE_EPS = 1e-12
 
@@ -273,7 +274,16 @@ class BatchLoss:
 
 
 def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
-    """Target pass, row selection (`spd.losses.row_selection`), causal importances, `total_loss`."""
+    """Target pass, row selection (`spd.losses.row_selection`), causal importances, `total_loss`.
+
+    Products of fixed and trained factors that several passes share are formed once
+    (`spd.models.low_rank_stream.shared_products`).
+    """
+    with shared_products():
+        return _batch_loss(model, batch, config, pnorm)
+
+
+def _batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
     with torch.no_grad():
         target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
     rows = select_rows(model, pre_acts, streams)

@@ -14,11 +14,54 @@ reformulations'). It is the same linear algebra, reassociated; results agree wit
 to float rounding, and gradients flow through every factor as usual.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+
+_SHARED: ContextVar[dict[tuple[object, ...], tuple[Tensor, Tensor, Tensor]] | None] = ContextVar(
+    "low_rank_stream_shared_products", default=None
+)
+
+
+@contextmanager
+def shared_products() -> Iterator[None]:
+    """Within the block, each `basis @ matrix` product of the streams is formed once.
+
+    One training step runs the target and several component passes over the same factors
+    (e.g. W_E @ V of a layer in the CI and in every pass that replaces that layer); the reused
+    product is one node of the autograd graph, so its backward also runs once. Use it around one
+    forward computation whose graph is backpropagated at most once (one micro-batch's loss).
+    """
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _identity(t: Tensor) -> tuple[object, ...]:
+    # A transposed view (`weight.T`) is a new object every call: key by its base and layout.
+    base = t if t._base is None else t._base  # pyright: ignore[reportPrivateUsage]
+    return (id(base), base._version, tuple(t.shape), t.stride(), t.storage_offset())  # pyright: ignore[reportPrivateUsage]
+
+
+def _product(basis: Float[Tensor, "r d"], matrix: Float[Tensor, "d k"]) -> Float[Tensor, "r k"]:
+    shared = _SHARED.get()
+    if shared is None or torch.compiler.is_compiling():
+        return basis @ matrix
+    # Grad mode is in the key: a product formed under no_grad must not stand in for one that
+    # gradients flow through.
+    key = (_identity(basis), _identity(matrix), torch.is_grad_enabled())
+    if key not in shared:
+        # The operands are kept alive with the product, so their ids cannot be reused meanwhile.
+        shared[key] = (basis, matrix, basis @ matrix)
+    return shared[key][2]
 
 
 def _contract(
@@ -30,7 +73,7 @@ def _contract(
     small_first = r * d * k + n * r * k
     wide_first = n * r * d + n * d * k
     if small_first <= wide_first:
-        return coeffs @ (basis @ matrix)
+        return coeffs @ _product(basis, matrix)
     return (coeffs @ basis) @ matrix
 
 
