@@ -1,14 +1,34 @@
 """Measure optimisation speed and peak memory of registered experiments at their full batch size.
 
-    python scripts/benchmark.py [--experiments tms_5-2,tms_40-10] [--steps 300] [--device cuda]
+    python scripts/benchmark.py [--experiments tms_5-2,resid_mlp1] [--steps 300] [--device cuda]
+        [--ref GITREF] [--compile auto|on|off] [--json FILE]
+
+By default it measures tms_5-2, tms_40-10, resid_mlp1, resid_mlp2, resid_mlp3 and the offline
+language-model example (lm_example_emb; build it first with
+`python spd/experiments/lm/make_offline_example.py`), each for its own number of steps
+(DEFAULT_STEPS, a few minutes in all on 2 CPU threads); `--steps` sets one count for all.
 
 For each experiment, in a fresh subprocess (so peak memory is its own):
-- train steps/s with evaluation excluded (no eval between the first and the last step);
+- train steps/s with evaluation excluded: the steps after the first (warm-up, evaluated) one,
+  with no evaluation between them;
 - the time of one regular evaluation and of one slow evaluation (metrics + figures);
-- the estimated wall time of the full run from those, with the config's eval frequencies;
+- the estimated wall time of the full default run from those, with the config's step count and
+  eval frequencies, and the steps/s that gives (evaluation included);
 - peak resident memory (ru_maxrss) and, on CUDA, the peak of allocated GPU memory.
 On CUDA every step ends with a synchronisation, so the rates are those of finished work.
-Prints a markdown table; docs/benchmarks.md records the figures measured on the project machine.
+
+`--ref GITREF` also measures the code of another commit, each experiment right after the
+current code's measurement of it (so both see the same machine state), from a temporary
+`git worktree` of GITREF run with this interpreter and the worktree first on PYTHONPATH; the
+table then shows both side by side with their ratio. The measuring child is this file itself and
+uses only long-standing spd APIs, so it runs against older commits too.
+
+`--compile` sets the config's `compile` field where the code's Config has one (left at the
+config's value otherwise, and never set for code that lacks the field).
+
+Prints a markdown table; `--json FILE` saves the raw figures. docs/benchmarks.md records the
+figures measured on the project machine. Nothing is written to the output root (SPD_OUT_DIR,
+else ./spd_out): it is only read, for the language-model example.
 """
 
 import argparse
@@ -19,14 +39,43 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
 
 import torch
 
+TREE = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ["tms_5-2", "tms_40-10", "resid_mlp1", "resid_mlp2", "resid_mlp3", "lm_example_emb"]
+# Measured steps per experiment: enough for a stable rate, a few minutes for the whole default
+# list on 2 CPU threads (tms_5-2 ≈ 120 steps/s, resid_mlp3 under 1 step/s).
+DEFAULT_STEPS = {
+    "tms_5-2": 600,
+    "tms_5-2-id": 600,
+    "tms_40-10": 30,
+    "tms_40-10-id": 30,
+    "resid_mlp1": 200,
+    "resid_mlp2": 60,
+    "resid_mlp3": 20,
+    "lm_example_emb": 20,
+    "lm_example_mlp": 20,
+}
+FALLBACK_STEPS = 20
+COMPILE_CHOICES = ("auto", "on", "off")
 
-def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
-    """Run inside the child process: time `steps` optimisation steps and two evaluations."""
+
+def measure(
+    experiment: str, steps: int, device_name: str, compile_mode: str | None
+) -> dict[str, Any]:
+    """Run inside the child process: time `steps` optimisation steps and two evaluations.
+
+    Imports only spd APIs that older commits have too, so `--ref` can run it against them.
+    """
+    import spd
     from spd.config.device import resolve_device
     from spd.config.loading import load_config
+    from spd.config.schema import Config
     from spd.eval.evaluate import evaluate
     from spd.experiments.registry import get_experiment
     from spd.loading.targets import load_target_model
@@ -34,17 +83,23 @@ def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
 
     spec = get_experiment(experiment)
     full = load_config(spec.config_path)
-    script_dir = str(spec.decomp_script.parent)
-    sys.path.insert(0, script_dir)
+    if spec.task_name == "lm":
+        from spd.experiments.lm.sources import resolve_sources
+
+        full = resolve_sources(full)
+    sys.path.insert(0, str(spec.decomp_script.parent))
     make_data = __import__(spec.decomp_script.stem).make_data
-    config = full.model_copy(
-        update={
-            "steps": steps,
-            "eval_freq": 10**9,
-            "slow_eval_freq": 10**9,
-            "slow_eval_on_first_step": False,
-        }
-    )
+    update: dict[str, Any] = {
+        "steps": steps,
+        "eval_freq": 10**9,
+        "slow_eval_freq": 10**9,
+        "slow_eval_on_first_step": False,
+        "save_freq": None,
+    }
+    has_compile = "compile" in Config.model_fields
+    if compile_mode is not None and has_compile:
+        update["compile"] = compile_mode
+    config = full.model_copy(update=update)
     device = resolve_device(device_name)
     target = load_target_model(config)
     train, evals = make_data(config, target, device)
@@ -55,6 +110,7 @@ def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    start = finished()
     result = optimize(
         target,
         config,
@@ -64,7 +120,8 @@ def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
         show_progress=False,
         on_step_end=lambda _: stamps.append(finished()),
     )
-    # Steps 1…steps-1: without the first (warm-up, evaluated) step and the final evaluation step.
+    # stamps[i] ends step i; the last entry is the final (evaluation-only) step `steps`. Measured:
+    # steps 1…steps-1, without the first (warm-up, compilation, evaluation) step.
     train_rate = (steps - 1) / (stamps[-2] - stamps[0])
     inputs = [next(evals) for _ in range(full.n_eval_steps)]
     t0 = finished()
@@ -76,8 +133,16 @@ def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
     n_fast = full.steps // full.eval_freq + 1
     n_slow = full.steps // full.slow_eval_freq + 1
     full_run = full.steps / train_rate + n_fast * fast_eval + n_slow * slow_eval
+    # A language model's batch is counted in sequences; its rows are this many tokens long.
+    seq_len = next(train).shape[1] if spec.task_name == "lm" else None
     return {
+        "spd_file": spd.__file__,
         "batch_size": full.batch_size,
+        "seq_len": seq_len,
+        "measured_steps": steps - 1,
+        "threads": torch.get_num_threads(),
+        "compile": getattr(config, "compile", None) if has_compile else None,
+        "first_step_s": stamps[0] - start,
         "train_steps_per_s": train_rate,
         "fast_eval_s": fast_eval,
         "slow_eval_s": slow_eval,
@@ -86,58 +151,261 @@ def measure(experiment: str, steps: int, device_name: str) -> dict[str, float]:
         "full_steps": full.steps,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "peak_gpu_gb": (
-            torch.cuda.max_memory_allocated() / 1024**3 if device.type == "cuda" else float("nan")
+            torch.cuda.max_memory_allocated() / 1024**3 if device.type == "cuda" else None
         ),
     }
 
 
+def child_main(experiment: str, steps: int, device_name: str, compile_mode: str | None) -> None:
+    """The child process: print the figures as one JSON line, or a user error as one line."""
+    from spd.errors import SPDUserError
+
+    try:
+        figures = measure(experiment, steps, device_name, compile_mode)
+    except SPDUserError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(figures))
+
+
+def git(*args: str, cwd: Path = TREE) -> str | None:
+    """The output of a git command, or None where it fails (not a repository, unknown ref)."""
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def describe_tree() -> str:
+    """The current code: its commit, marked when tracked files differ from it."""
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return "unknown commit"
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return f"{head} + uncommitted changes" if changed else head
+
+
+@contextmanager
+def ref_worktree(ref: str) -> Iterator[tuple[Path, str]]:
+    """A temporary `git worktree` of `ref` (detached), removed afterwards; yields (path, commit)."""
+    from spd.errors import SPDUserError
+
+    commit = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if commit is None:
+        raise SPDUserError(
+            f"--ref {ref}: not a commit of the repository at {TREE}; give a branch, tag or hash"
+        )
+    with tempfile.TemporaryDirectory(prefix="spd-benchmark-ref-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "--quiet", str(path), commit],
+            cwd=TREE,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield path, commit
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(path)], cwd=TREE, capture_output=True
+            )
+
+
+def run_child(
+    tree: Path, experiment: str, steps: int, args: argparse.Namespace, out_root: Path
+) -> dict[str, Any]:
+    """Measure `experiment` with the code in `tree`, in a fresh process run from `tree`.
+
+    `tree` goes first on PYTHONPATH, ahead of the editable install in the environment; the
+    child reports where it imported spd from, and a child that used other code is a bug here.
+    Returns the figures, or {"error": the end of its stderr}.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
+        # Absolute, so that every tree finds the language-model example where the user built it.
+        "SPD_OUT_DIR": str(out_root),
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", experiment]
+    cmd += ["--steps", str(steps), "--device", args.device]
+    if args.compile is not None:
+        cmd += ["--compile", args.compile]
+    # Run from the tree, so that paths relative to the working directory (targets) are its own.
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        # A user error is one line; a bug's traceback ends with the exception.
+        tail = proc.stderr.strip().splitlines()[-15:]
+        return {"error": "\n".join(tail) or f"exit code {proc.returncode}"}
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    spd_file = Path(figures["spd_file"]).resolve()
+    if not spd_file.is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the child measuring {tree} imported spd from {spd_file}")
+    return figures
+
+
+def check_experiments(names: list[str], out_root: Path) -> None:
+    """Fail before measuring anything on an unknown experiment or a missing language-model
+    example or hub resource (each is one `SPDUserError`)."""
+    from spd.config.loading import load_config
+    from spd.experiments.lm.sources import resolve_sources
+    from spd.experiments.registry import get_experiment
+
+    os.environ["SPD_OUT_DIR"] = str(out_root)
+    for name in names:
+        spec = get_experiment(name)
+        if spec.task_name == "lm":
+            resolve_sources(load_config(spec.config_path))
+
+
+def duration(minutes: float) -> str:
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def cells(r: dict[str, Any] | None, fields: list[str]) -> list[str]:
+    """Formatted table cells of one measurement; "failed" where it failed."""
+    if r is None or "error" in r:
+        return ["failed"] * len(fields)
+    formats = {
+        "train_steps_per_s": lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}",
+        "steps_per_s_with_eval": lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}",
+        "fast_eval_s": lambda v: f"{v:.2f}",
+        "slow_eval_s": lambda v: f"{v:.2f}",
+        "full_run_minutes": lambda v: f"{duration(v)} ({r['full_steps']} steps)",
+        "peak_rss_gb": lambda v: f"{v:.2f}",
+        "peak_gpu_gb": lambda v: "—" if v is None else f"{v:.2f}",
+    }
+    return [formats[f](r[f]) for f in fields]
+
+
+def ratio(new: dict[str, Any] | None, ref: dict[str, Any] | None, field: str) -> str:
+    if new is None or ref is None or "error" in new or "error" in ref:
+        return "—"
+    return f"{new[field] / ref[field]:.2f}×"
+
+
+def batch_cell(rows: dict[str, dict[str, Any]]) -> str:
+    r = next((r for r in rows.values() if "error" not in r), None)
+    if r is None:
+        return "?"
+    return f"{r['batch_size']} × {r['seq_len']} tokens" if r["seq_len"] else str(r["batch_size"])
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]], with_ref: bool, cuda: bool) -> str:
+    """The markdown table: one row per experiment, the ref's figures next to the new ones."""
+    if with_ref:
+        head = [
+            "experiment", "batch", "measured steps",
+            "train steps/s (eval excluded): new", "ref", "new/ref",
+            "steps/s incl. eval: new", "ref", "new/ref",
+            "est. full run: new", "ref",
+            "peak RSS GB: new", "ref",
+        ]  # fmt: skip
+        if cuda:
+            head += ["peak GPU GB: new", "ref"]
+    else:
+        head = [
+            "experiment", "batch", "measured steps", "train steps/s (eval excluded)",
+            "steps/s incl. eval", "fast eval s", "slow eval s", "est. full run", "peak RSS GB",
+        ]  # fmt: skip
+        if cuda:
+            head.append("peak GPU GB")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in results.items():
+        new, ref = rows.get("new"), rows.get("ref")
+        steps = next((str(r["measured_steps"]) for r in rows.values() if "error" not in r), "?")
+        row = [name, batch_cell(rows), steps]
+        if with_ref:
+            for field in ("train_steps_per_s", "steps_per_s_with_eval"):
+                row += [*cells(new, [field]), *cells(ref, [field]), ratio(new, ref, field)]
+            for field in ("full_run_minutes", "peak_rss_gb", *(["peak_gpu_gb"] if cuda else [])):
+                row += [*cells(new, [field]), *cells(ref, [field])]
+        else:
+            fields = ["train_steps_per_s", "steps_per_s_with_eval", "fast_eval_s", "slow_eval_s"]
+            fields += ["full_run_minutes", "peak_rss_gb", *(["peak_gpu_gb"] if cuda else [])]
+            row += cells(new, fields)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    from spd.errors import SPDUserError
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiments", default="tms_5-2,tms_40-10,resid_mlp1")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument(
+        "--experiments",
+        default=",".join(EXPERIMENTS),
+        help="comma-separated registered experiments (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="steps to run for every experiment, the first one not measured "
+        f"(default: per experiment, {', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())}, "
+        f"else {FALLBACK_STEPS})",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--ref", help="also measure this git commit, right after each experiment")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        help="set the config's `compile` field, where the code has one (default: the config's)",
+    )
+    parser.add_argument("--json", type=Path, help="save the raw figures to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.steps, args.device)))
+        child_main(args.child, args.steps, args.device, args.compile)
         return
-    rows = []
-    for name in args.experiments.split(","):
-        with tempfile.TemporaryDirectory() as out:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    name,
-                    "--steps",
-                    str(args.steps),
-                    "--device",
-                    args.device,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "SPD_OUT_DIR": out},
-            )
-        rows.append((name, json.loads(proc.stdout.strip().splitlines()[-1])))
-    where = torch.cuda.get_device_name() if args.device != "cpu" else "CPU"
+    if args.steps is not None and args.steps < 2:
+        raise SPDUserError(f"--steps {args.steps}: at least 2 (the first step is not measured)")
+    if args.json is not None and not args.json.resolve().parent.is_dir():
+        raise SPDUserError(f"--json {args.json}: its directory does not exist; create it first")
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    out_root = Path(os.environ.get("SPD_OUT_DIR") or "spd_out").expanduser().resolve()
+    check_experiments(names, out_root)
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else "CPU",
+        "command": sys.argv,
+        "new": {"commit": describe_tree(), "tree": str(TREE)},
+        "results": {},
+    }
+    failed = False
+    with ref_worktree(args.ref) if args.ref else nullcontext() as ref:
+        if ref is not None:
+            report["ref"] = {"commit": ref[1], "ref": args.ref}
+        trees = [("new", TREE), *([("ref", ref[0])] if ref is not None else [])]
+        for name in names:
+            steps = args.steps or DEFAULT_STEPS.get(name, FALLBACK_STEPS)
+            rows: dict[str, dict[str, Any]] = {}
+            report["results"][name] = rows
+            for label, tree in trees:
+                rows[label] = run_child(tree, name, steps, args, out_root)
+                if "error" in rows[label]:
+                    failed = True
+                    print(f"{name} ({label}): failed: {rows[label]['error']}", file=sys.stderr)
+                else:
+                    rate = rows[label]["train_steps_per_s"]
+                    print(f"{name} ({label}): {rate:.2f} train steps/s", file=sys.stderr)
+                if args.json is not None:
+                    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    threads = {
+        r["threads"] for rows in report["results"].values() for r in rows.values() if "threads" in r
+    }
+    codes = f"new: {report['new']['commit']}"
+    if "ref" in report:
+        codes += f"; ref: {args.ref} ({report['ref']['commit'][:7]})"
     print(
-        f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, "
-        f"{args.steps} measured steps\n"
+        f"torch {torch.__version__}, {report['device']}, "
+        f"{'/'.join(map(str, sorted(threads))) or '?'} threads; {codes}\n"
     )
-    print(
-        "| experiment | batch | train steps/s (eval excluded) | steps/s incl. eval | fast eval s | slow eval s | est. full run (min) | peak RSS GB | peak GPU GB |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows:
-        print(
-            f"| {name} | {r['batch_size']} | {r['train_steps_per_s']:.1f} | {r['steps_per_s_with_eval']:.1f} | "
-            f"{r['fast_eval_s']:.2f} | {r['slow_eval_s']:.2f} | {r['full_run_minutes']:.1f} ({r['full_steps']} steps) | {r['peak_rss_gb']:.2f} | {r['peak_gpu_gb']:.2f} |"
-        )
+    print(table(report["results"], "ref" in report, cuda))
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    main()
+    from spd.errors import run_cli
+
+    run_cli(main)
