@@ -52,8 +52,8 @@ test-all: install-dev  ## everything, including the slow full-length experiments
 run-tms: install  ## the main job: decompose tms_5-2 here, print the run directory and MMCS/ML2R (ARGS: more spd-run options)
 	$(BIN)/spd-run --experiments tms_5-2 --local $(ARGS)
 
-bench: install  ## steps/s and peak memory of the toy experiments (see docs/benchmarks.md)
-	$(BIN)/python scripts/benchmark.py
+bench: install  ## steps/s and peak memory of the toy experiments and the LM example (see docs/benchmarks.md; ARGS: e.g. --ref COMMIT)
+	$(BIN)/python scripts/benchmark.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

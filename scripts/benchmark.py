@@ -256,6 +256,7 @@ def check_experiments(names: list[str], out_root: Path) -> None:
 
 
 def duration(minutes: float) -> str:
+    """Minutes up to two hours, hours beyond."""
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
@@ -276,12 +277,14 @@ def cells(r: dict[str, Any] | None, fields: list[str]) -> list[str]:
 
 
 def ratio(new: dict[str, Any] | None, ref: dict[str, Any] | None, field: str) -> str:
+    """new / ref of one figure, or a dash where either measurement failed."""
     if new is None or ref is None or "error" in new or "error" in ref:
         return "—"
     return f"{new[field] / ref[field]:.2f}×"
 
 
 def batch_cell(rows: dict[str, dict[str, Any]]) -> str:
+    """The batch of an experiment: rows, or sequences × tokens for a language model."""
     r = next((r for r in rows.values() if "error" not in r), None)
     if r is None:
         return "?"
