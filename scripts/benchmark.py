@@ -245,6 +245,7 @@ def check_experiments(names: list[str], out_root: Path) -> None:
     """Fail before measuring anything on an unknown experiment or a missing language-model
     example or hub resource (each is one `SPDUserError`)."""
     from spd.config.loading import load_config
+    from spd.errors import SPDUserError
     from spd.experiments.lm.sources import resolve_sources
     from spd.experiments.registry import get_experiment
 
@@ -252,7 +253,13 @@ def check_experiments(names: list[str], out_root: Path) -> None:
     for name in names:
         spec = get_experiment(name)
         if spec.task_name == "lm":
-            resolve_sources(load_config(spec.config_path))
+            try:
+                resolve_sources(load_config(spec.config_path))
+            except SPDUserError as err:
+                others = ",".join(n for n in names if n != name) or "tms_5-2"
+                raise SPDUserError(
+                    f"{name}: {err}; or leave it out: --experiments {others}"
+                ) from None
 
 
 def duration(minutes: float) -> str:

@@ -105,9 +105,17 @@ def test_benchmark_ref_measures_the_other_commit_from_a_worktree(tmp_path: Path)
     )
 
 
-def test_benchmark_unknown_ref_is_one_line(tmp_path: Path) -> None:
-    proc = run_benchmark(tmp_path, "--experiments", "tms_5-2", "--ref", "no-such-ref-xyz")
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--experiments", "tms_5-2", "--ref", "no-such-ref-xyz"], "--ref no-such-ref-xyz"),
+        # SPD_OUT_DIR is an empty directory: the offline example is not built there.
+        (["--experiments", "tms_5-2,lm_example_emb"], "--experiments tms_5-2"),
+    ],
+)
+def test_benchmark_bad_input_is_one_line(tmp_path: Path, args: list[str], named: str) -> None:
+    proc = run_benchmark(tmp_path, *args)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
-    assert "--ref no-such-ref-xyz" in proc.stderr
+    assert named in proc.stderr
     assert proc.stdout == ""
