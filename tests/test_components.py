@@ -325,8 +325,19 @@ def _scalar_mlp_inputs(dtype: torch.dtype, zero_rows: bool) -> list[Tensor]:
     return [t.requires_grad_(True) for t in tensors]
 
 
+# CPU_BLOCK_ELEMENTS: every subcomponent in one block; one per block; two per block (the last
+# block short: C = 3); the hidden layer has 10 (dense) or 2 (zero rows) rows × H = 4.
+BLOCKINGS = pytest.mark.parametrize(
+    "block_elements", [2**30, 1, 80], ids=["one-block", "blocks-of-1", "blocks-of-2"]
+)
+
+
+@BLOCKINGS
 @pytest.mark.parametrize("zero_rows", [False, True], ids=["dense", "mostly-zero-rows"])
-def test_fused_scalar_mlp_matches_autograd_values_and_gradients(zero_rows: bool) -> None:
+def test_fused_scalar_mlp_matches_autograd_values_and_gradients(
+    zero_rows: bool, block_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
     fused_in = _scalar_mlp_inputs(torch.float32, zero_rows)
     ref_in = [t.detach().clone().requires_grad_(True) for t in fused_in]
     fused, ref = scalar_mlp(*fused_in), _scalar_mlp_reference(*ref_in)
@@ -341,16 +352,37 @@ def test_fused_scalar_mlp_matches_autograd_values_and_gradients(zero_rows: bool)
         assert fused_in[0].grad is not None and fused_in[0].grad[1, 0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("keep_hidden", [True, False], ids=["kept", "recomputed"])
+@BLOCKINGS
 @pytest.mark.parametrize("zero_rows", [False, True], ids=["dense", "mostly-zero-rows"])
 def test_fused_scalar_mlp_gradcheck_float64(
-    zero_rows: bool, keep_hidden: bool, monkeypatch: pytest.MonkeyPatch
+    zero_rows: bool, block_elements: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Large hidden layers are recomputed in the backward pass instead of kept; both must agree.
-    monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**23 if keep_hidden else 0)
+    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
     inputs = tuple(_scalar_mlp_inputs(torch.float64, zero_rows))
     assert torch.autograd.gradcheck(scalar_mlp, inputs)
 
+
+
+def test_blocked_scalar_mlp_equals_one_block_on_a_training_sized_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # C = 7 subcomponents, 300 rows, hidden 16: blocks of 2 (4 blocks, the last short) against
+    # one block, values and all five gradients, in float32 as training runs.
+    generator = torch.Generator().manual_seed(11)
+    C, N, H = 7, 300, 16
+    shapes = [(N, C), (C, H), (C, H), (C, H), (C,)]
+    base = [torch.randn(s, generator=generator) for s in shapes]
+    upstream = torch.randn(N, C, generator=generator)
+    results = []
+    for block_elements in (2**30, 2 * N * H):
+        monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
+        inputs = [t.clone().requires_grad_(True) for t in base]
+        out = scalar_mlp(*inputs)
+        (out * upstream).sum().backward()
+        results.append([out.detach(), *(t.grad for t in inputs)])
+    for one_block, blocked in zip(*results, strict=True):
+        assert one_block is not None and blocked is not None
+        torch.testing.assert_close(blocked, one_block, rtol=1e-6, atol=1e-6)
 
 @pytest.mark.parametrize(
     ("make", "expected_stds"),
