@@ -352,22 +352,26 @@ def test_fused_scalar_mlp_matches_autograd_values_and_gradients(
         assert fused_in[0].grad is not None and fused_in[0].grad[1, 0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("keep_hidden", [True, False], ids=["kept", "recomputed"])
 @BLOCKINGS
 @pytest.mark.parametrize("zero_rows", [False, True], ids=["dense", "mostly-zero-rows"])
 def test_fused_scalar_mlp_gradcheck_float64(
-    zero_rows: bool, block_elements: int, monkeypatch: pytest.MonkeyPatch
+    zero_rows: bool, block_elements: int, keep_hidden: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Small hidden layers are kept for the backward pass, large ones recomputed; both must agree.
     monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**30 if keep_hidden else 0)
     inputs = tuple(_scalar_mlp_inputs(torch.float64, zero_rows))
     assert torch.autograd.gradcheck(scalar_mlp, inputs)
 
 
-
+@pytest.mark.parametrize("keep_hidden", [True, False], ids=["kept", "recomputed"])
 def test_blocked_scalar_mlp_equals_one_block_on_a_training_sized_layer(
-    monkeypatch: pytest.MonkeyPatch,
+    keep_hidden: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # C = 7 subcomponents, 300 rows, hidden 16: blocks of 2 (4 blocks, the last short) against
     # one block, values and all five gradients, in float32 as training runs.
+    monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**30 if keep_hidden else 0)
     generator = torch.Generator().manual_seed(11)
     C, N, H = 7, 300, 16
     shapes = [(N, C), (C, H), (C, H), (C, H), (C,)]
@@ -383,6 +387,7 @@ def test_blocked_scalar_mlp_equals_one_block_on_a_training_sized_layer(
     for one_block, blocked in zip(*results, strict=True):
         assert one_block is not None and blocked is not None
         torch.testing.assert_close(blocked, one_block, rtol=1e-6, atol=1e-6)
+
 
 @pytest.mark.parametrize(
     ("make", "expected_stds"),

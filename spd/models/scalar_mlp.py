@@ -3,10 +3,11 @@
 The CI functions' cost is dominated by (batch × C × hidden) elementwise work, and on the CPU by
 moving it through memory: tms_40-10's hidden layer alone is 4096 × 200 × 16 floats (52 MB) per
 layer. So this function runs over blocks of subcomponents small enough for the block's hidden
-layer to stay in the CPU's cache, never stores the hidden layer (the backward pass recomputes
-it per block) and lays each block out as (C, hidden, batch), so every contraction is a batched
-matrix product over the long batch axis. On the CPU it also evaluates the all-zero rows of a
-sparse batch only once (see `scalar_mlp`).
+layer to stay in the CPU's cache, and lays each block out as (C, hidden, batch), so every
+contraction is a batched matrix product over the long batch axis. The hidden layer and its GELU
+are kept for the backward pass up to `KEEP_HIDDEN_MAX` elements and recomputed block by block
+beyond. On the CPU it also evaluates the all-zero rows of a sparse batch only once (see
+`scalar_mlp`).
 """
 
 import torch
@@ -20,6 +21,11 @@ from torch import Tensor
 # elements 45 ms. On CUDA the whole layer is one block (memory bandwidth is not the limit there,
 # kernel launches are).
 CPU_BLOCK_ELEMENTS = 2**19
+# Hidden layers up to this many elements (64 MB in float32) are kept from the forward pass, with
+# their GELU: reading them back costs less than recomputing them (tms_40-10's 4096 × 200 × 16,
+# 1 thread: 48 ms forward and backward kept, 53 ms recomputed). Larger ones (resid_mlp3's
+# 2048 × 500 × 128) are recomputed in the backward pass, trading time for gigabytes.
+KEEP_HIDDEN_MAX = 2**24
 # Skip the all-zero rows only when they are a sizeable share of the batch; otherwise the
 # gather/scatter costs more than it saves.
 ZERO_ROW_SKIP_MAX_LIVE = 0.75
@@ -49,27 +55,37 @@ class _ScalarMLP(torch.autograd.Function):
     ) -> Tensor:
         # x: (C, N); w1, b1, w2: (C, H); b2: (C,)
         out = x.new_empty(x.shape[0], 1, x.shape[1])
+        keep = x.numel() * w1.shape[1] <= KEEP_HIDDEN_MAX
+        kept: list[Tensor] = []
         for c in _blocks(x, w1.shape[1]):
-            a = F.gelu(_hidden(x, w1, b1, c))
+            h = _hidden(x, w1, b1, c)
+            a = F.gelu(h)
             torch.baddbmm(b2[c, None, None], w2[c, None, :], a, out=out[c])
-        ctx.save_for_backward(x, w1, b1, w2)
+            if keep:
+                kept += [h, a]
+        ctx.save_for_backward(x, w1, b1, w2, *kept)
         return out.squeeze(1)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: Tensor) -> tuple[Tensor, ...]:
-        x, w1, b1, w2 = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
+        x, w1, b1, w2, *kept = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
         g_out = grads[0].contiguous()  # (C, N)
         C, H = w1.shape
-        # With g_h = g_out ⊗ w2 ⊙ gelu'(h) and d = w2 ⊙ gelu'(h) (one pass over the block):
+        # With g_h = g_out ⊗ w2 ⊙ gelu'(h) and d = w2 ⊙ gelu'(h) (one pass over a block, no
+        # (C, H, N) tensor for g_out ⊗ w2):
         #   g_w1 = Σ_n x g_out d,  g_b1 = Σ_n g_out d  (one product against both rows of `rhs`),
         #   g_x = g_out · (w1 · d),  g_w2 = Σ_n g_out gelu(h).
         rhs = torch.stack([x * g_out, g_out], 1)  # (C, 2, N)
         g_w1_b1 = x.new_empty(C, 2, H)
         g_w2 = x.new_empty(C, 1, H)
         w1_d = x.new_empty(C, 1, x.shape[1])
-        for c in _blocks(x, H):
-            h = _hidden(x, w1, b1, c)
-            torch.bmm(rhs[c, 1:], F.gelu(h).transpose(1, 2), out=g_w2[c])
+        for i, c in enumerate(_blocks(x, H)):
+            if kept:
+                h, a = kept[2 * i], kept[2 * i + 1]
+            else:
+                h = _hidden(x, w1, b1, c)
+                a = F.gelu(h)
+            torch.bmm(rhs[c, 1:], a.transpose(1, 2), out=g_w2[c])
             d = torch.ops.aten.gelu_backward(w2[c, :, None].expand_as(h), h)
             torch.bmm(rhs[c], d.transpose(1, 2), out=g_w1_b1[c])
             torch.bmm(w1[c, None, :], d, out=w1_d[c])
