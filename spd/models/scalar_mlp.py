@@ -86,7 +86,9 @@ class _ScalarMLP(torch.autograd.Function):
                 h = _hidden(x, w1, b1, c)
                 a = F.gelu(h)
             torch.bmm(rhs[c, 1:], a.transpose(1, 2), out=g_w2[c])
-            d = torch.ops.aten.gelu_backward(w2[c, :, None].expand_as(h), h)
+            # A materialised w2 (one cheap pass): with a broadcast one, gelu_backward runs its
+            # slower strided loop (1.35 against 0.9 ns per element).
+            d = torch.ops.aten.gelu_backward(w2[c, :, None].expand_as(h).contiguous(), h)
             torch.bmm(rhs[c], d.transpose(1, 2), out=g_w1_b1[c])
             torch.bmm(w1[c, None, :], d, out=w1_d[c])
         g_x = w1_d.squeeze(1).mul_(g_out)
