@@ -325,7 +325,13 @@ def _scalar_mlp_inputs(dtype: torch.dtype, zero_rows: bool) -> list[Tensor]:
     return [t.requires_grad_(True) for t in tensors]
 
 
-# CPU_BLOCK_ELEMENTS: every subcomponent in one block; one per block; two per block (the last
+def _set_block(monkeypatch: pytest.MonkeyPatch, elements: int) -> None:
+    """Blocks of about `elements` hidden-layer elements, whatever the number of threads."""
+    per_thread = elements // torch.get_num_threads()
+    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", per_thread)
+
+
+# Block elements: every subcomponent in one block; one per block; two per block (the last
 # block short: C = 3); the hidden layer has 10 (dense) or 2 (zero rows) rows × H = 4.
 BLOCKINGS = pytest.mark.parametrize(
     "block_elements", [2**30, 1, 80], ids=["one-block", "blocks-of-1", "blocks-of-2"]
@@ -337,7 +343,7 @@ BLOCKINGS = pytest.mark.parametrize(
 def test_fused_scalar_mlp_matches_autograd_values_and_gradients(
     zero_rows: bool, block_elements: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
+    _set_block(monkeypatch, block_elements)
     fused_in = _scalar_mlp_inputs(torch.float32, zero_rows)
     ref_in = [t.detach().clone().requires_grad_(True) for t in fused_in]
     fused, ref = scalar_mlp(*fused_in), _scalar_mlp_reference(*ref_in)
@@ -359,7 +365,7 @@ def test_fused_scalar_mlp_gradcheck_float64(
     zero_rows: bool, block_elements: int, keep_hidden: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small hidden layers are kept for the backward pass, large ones recomputed; both must agree.
-    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
+    _set_block(monkeypatch, block_elements)
     monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**30 if keep_hidden else 0)
     inputs = tuple(_scalar_mlp_inputs(torch.float64, zero_rows))
     assert torch.autograd.gradcheck(scalar_mlp, inputs)
@@ -379,7 +385,7 @@ def test_blocked_scalar_mlp_equals_one_block_on_a_training_sized_layer(
     upstream = torch.randn(N, C, generator=generator)
     results = []
     for block_elements in (2**30, 2 * N * H):
-        monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", block_elements)
+        _set_block(monkeypatch, block_elements)
         inputs = [t.clone().requires_grad_(True) for t in base]
         out = scalar_mlp(*inputs)
         (out * upstream).sum().backward()

@@ -78,7 +78,8 @@ def test_optimize_with_the_blocked_kernel_equals_plain_autograd(
 ) -> None:
     plain_rows, plain_params = _train(monkeypatch, plain=True)
     # 256 rows × hidden 16 per subcomponent: blocks of 5 of the 24 subcomponents (the last short).
-    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", 5 * 256 * 16)
+    per_thread = 5 * 256 * 16 // torch.get_num_threads()
+    monkeypatch.setattr(scalar_mlp_module, "CPU_BLOCK_ELEMENTS", per_thread)
     monkeypatch.setattr(scalar_mlp_module, "KEEP_HIDDEN_MAX", 2**30 if keep_hidden else 0)
     blocked_rows, blocked_params = _train(monkeypatch, plain=False)
     assert [r["step"] for r in blocked_rows] == list(range(13))

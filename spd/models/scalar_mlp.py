@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-# Elements of one block's hidden layer on the CPU (2 MB in float32): a block's few tensors of
+# Elements of one block's hidden layer per CPU thread (2 MB in float32): a block's few tensors of
 # this size stay in the L2/L3 caches. Measured on tms_40-10 (C = 200, batch 4096, hidden 16)
 # with 1 thread: one block of everything takes 186 ms forward and backward, blocks of 2^19
 # elements 45 ms. On CUDA the whole layer is one block (memory bandwidth is not the limit there,
@@ -32,9 +32,13 @@ ZERO_ROW_SKIP_MAX_LIVE = 0.75
 
 
 def _blocks(x: Tensor, hidden: int) -> list[slice]:
-    """Slices of the C axis whose hidden layers have about `CPU_BLOCK_ELEMENTS` elements each."""
+    """Slices of the C axis whose hidden layers have about `CPU_BLOCK_ELEMENTS` elements per
+    thread each (one slice on CUDA)."""
     C, N = x.shape
-    per_block = C if x.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // max(1, N * hidden))
+    if x.device.type != "cpu":
+        return [slice(0, C)]
+    # Each thread works on its share of a block, so the block grows with the threads.
+    per_block = max(1, CPU_BLOCK_ELEMENTS * torch.get_num_threads() // max(1, N * hidden))
     return [slice(s, min(C, s + per_block)) for s in range(0, C, per_block)]
 
 
