@@ -29,6 +29,7 @@ SigmoidType = Literal["leaky_hard", "normal", "hard", "upper_leaky_hard", "swish
 LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
 TiedWeightsMode = Literal["shared_storage", "single_parameter"]
+CompileMode = Literal["auto", "on", "off"]
 
 
 def _has_huge_number(value: Any) -> bool:
@@ -155,6 +156,14 @@ class Config(StrictModel):
     )
     device: str = Field(
         default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (see spd/config/device.py)"
+    )
+    compile: CompileMode = Field(
+        default="auto",
+        description=(
+            "torch.compile of the training step's loss computation (spd/train/compilation.py). "
+            "on: compile, falling back to eager with one line if compilation is unavailable; "
+            "off: eager; auto: compile where it was measured to pay (see docs/benchmarks.md)."
+        ),
     )
     run_name: str | None = None
     out_dir: str | None = Field(

@@ -16,7 +16,7 @@ from spd.config.schema import Config, OutputLossType
 from spd.losses.row_selection import RowSelection, check_independent_rows, select_rows
 from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
-from spd.models.low_rank_stream import shared_products
+from spd.models.low_rank_stream import LowRankStream, shared_products
 
 IMPORTANCE_EPS = 1e-12
 
@@ -239,14 +239,17 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
 )
 
 
-def total_loss(inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
+def total_loss(
+    inputs: LossInputs, coeffs: Mapping[str, float] | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ coeff_i · loss_i over the configured terms of `LOSS_TERMS`; also returns each term
-    (detached). A term whose coefficient is null is never computed.
+    (detached). A term whose coefficient is null is never computed. `coeffs` (default
+    `config.loss_coeffs`) is given when compiled: torch.compile cannot trace that property.
 
     With `inputs.rows` (`spd.losses.row_selection`), every tensor holds only the selected rows of
     the batch, and each term is still the full batch's (see `LossTerm`).
     """
-    coeffs = inputs.config.loss_coeffs
+    coeffs = inputs.config.loss_coeffs if coeffs is None else coeffs
     active = [term for term in LOSS_TERMS if term.name in coeffs]
     share = 1.0 if inputs.rows is None else inputs.rows.share
     values = {term.name: term.compute(inputs, {}) for term in active if not term.stochastic}
@@ -273,17 +276,30 @@ class BatchLoss:
     rows: RowSelection | None  # those rows, or None for the whole batch
 
 
-def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
-    """Target pass, row selection (`spd.losses.row_selection`), causal importances, `total_loss`.
+def batch_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    config: Config,
+    pnorm: float,
+    on_rows: Callable[..., BatchLoss] | None = None,
+) -> BatchLoss:
+    """Target pass, row selection (`spd.losses.row_selection`), then `on_rows` (`loss_on_rows`,
+    or a compiled version of it): causal importances, `total_loss`.
 
     Products of fixed and trained factors that several passes share are formed once
     (`spd.models.low_rank_stream.shared_products`).
     """
     with shared_products():
-        return _batch_loss(model, batch, config, pnorm)
+        return _batch_loss(model, batch, config, pnorm, on_rows or loss_on_rows)
 
 
-def _batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> BatchLoss:
+def _batch_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    config: Config,
+    pnorm: float,
+    on_rows: Callable[..., BatchLoss],
+) -> BatchLoss:
     with torch.no_grad():
         target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
     rows = select_rows(model, pre_acts, streams)
@@ -292,7 +308,28 @@ def _batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: flo
         batch, target_out = rows.take(batch), rows.take(target_out)
         pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
         streams = {name: s.take_rows(rows.index) for name, s in streams.items()}
+    return on_rows(
+        model, batch, target_out, pre_acts, streams, rows, config, pnorm, config.loss_coeffs
+    )
+
+
+def loss_on_rows(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    pre_acts: Mapping[str, Tensor],
+    streams: Mapping[str, LowRankStream],
+    rows: RowSelection | None,
+    config: Config,
+    pnorm: float,
+    coeffs: Mapping[str, float],
+    total: Callable[[LossInputs, Mapping[str, float]], tuple[Tensor, dict[str, Tensor]]] = (
+        total_loss
+    ),
+) -> BatchLoss:
+    """Causal importances and `total` (`total_loss`) of the (row-selected) batch: the part of
+    `batch_loss` after the target pass, which `spd.train.compilation` compiles (or its `total`)."""
     ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type, streams=streams)
     inputs = LossInputs(model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm, rows)
-    total, terms = total_loss(inputs)
-    return BatchLoss(total=total, terms=terms, ci=ci, rows=rows)
+    total_value, terms = total(inputs, coeffs)
+    return BatchLoss(total=total_value, terms=terms, ci=ci, rows=rows)

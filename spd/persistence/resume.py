@@ -18,6 +18,7 @@ from spd.persistence.run_dir import CONFIG_FILE, RunDirectory
 RESUMABLE_FIELDS = frozenset(
     {
         "device",
+        "compile",
         "run_name",
         "wandb_project",
         "wandb_entity",

@@ -14,6 +14,7 @@ from spd.models.component_model import ComponentModel, build_component_model
 from spd.persistence.checkpoints import read_checkpoint
 from spd.train import distributed
 from spd.train.alive_tracker import AliveTracker
+from spd.train.compilation import MicroStep
 from spd.train.training_state import restore_training_state
 
 
@@ -28,6 +29,8 @@ class Training:
     streams: dict[str, TrackedStream]
     # The first step this process runs: 0, or the step of the checkpoint it resumed from.
     start_step: int
+    # Loss and backward of one micro-batch, compiled or eager (`compile` in the config).
+    micro_step: MicroStep
 
 
 def trainable_parameters(model: ComponentModel) -> list[nn.Parameter]:
@@ -45,7 +48,8 @@ def set_up_training(
     resume_from: Path | None,
 ) -> Training:
     """Build and initialise the component model (seeded), join the process group when launched
-    under `torchrun`, create AdamW and the alive tracker, and restore `resume_from` if given."""
+    under `torchrun`, create AdamW and the alive tracker, restore `resume_from` if given, and
+    set up the (compiled or eager) micro-batch step."""
     torch.manual_seed(config.seed)
     model = build_component_model(target_model, config)
     model.init_components_from_target(config.seed)
@@ -73,4 +77,5 @@ def set_up_training(
         start_step = restore_training_state(
             data, resume_from, config, model, optimizer, alive, streams
         )
-    return Training(model, params, optimizer, alive, streams, start_step)
+    micro_step = MicroStep(config.compile, device)
+    return Training(model, params, optimizer, alive, streams, start_step, micro_step)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from spd.config.schema import Config
-from spd.losses.terms import BatchLoss, batch_loss
+from spd.losses.terms import BatchLoss
 from spd.train import distributed
 from spd.train.schedules import lr_at_step, pnorm_at_step
 from spd.train.setup import Training
@@ -85,8 +85,7 @@ def train_step(
     stats = StepStats(n_micro=config.gradient_accumulation_steps)
     for _ in range(stats.n_micro):
         batch = next(training.streams["train"]).to(device)
-        step_loss = batch_loss(training.model, batch, config, pnorm)
-        (step_loss.total / stats.n_micro).backward()
+        step_loss = training.micro_step(training.model, batch, config, pnorm, stats.n_micro)
         rows = step_loss.rows
         training.alive.update(step_loss.ci, None if rows is None else rows.n_rows)
         stats.add(step_loss, config.ci_alive_threshold, detailed)
