@@ -123,8 +123,9 @@ class MicroStep:
         self._first = True
         if compile_wanted(mode, device):
             if device.type == "cuda":
-                options = {"fallback_random": True, "triton.cudagraphs": True}
-                self.compiled = torch.compile(loss_on_rows, options=options)
+                self.compiled = torch.compile(
+                    loss_on_rows, options={"fallback_random": True, "triton.cudagraphs": True}
+                )
             else:
                 total = torch.compile(total_loss, options={"fallback_random": True})
                 self.compiled = functools.partial(loss_on_rows, total=_rows_dynamic(total))
