@@ -276,43 +276,6 @@ class BatchLoss:
     rows: RowSelection | None  # those rows, or None for the whole batch
 
 
-def batch_loss(
-    model: ComponentModel,
-    batch: Tensor,
-    config: Config,
-    pnorm: float,
-    on_rows: Callable[..., BatchLoss] | None = None,
-) -> BatchLoss:
-    """Target pass, row selection (`spd.losses.row_selection`), then `on_rows` (`loss_on_rows`,
-    or a compiled version of it): causal importances, `total_loss`.
-
-    Products of fixed and trained factors that several passes share are formed once
-    (`spd.models.low_rank_stream.shared_products`).
-    """
-    with shared_products():
-        return _batch_loss(model, batch, config, pnorm, on_rows or loss_on_rows)
-
-
-def _batch_loss(
-    model: ComponentModel,
-    batch: Tensor,
-    config: Config,
-    pnorm: float,
-    on_rows: Callable[..., BatchLoss],
-) -> BatchLoss:
-    with torch.no_grad():
-        target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
-    rows = select_rows(model, pre_acts, streams)
-    if rows is not None:
-        check_independent_rows(model, batch, target_out, rows)
-        batch, target_out = rows.take(batch), rows.take(target_out)
-        pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
-        streams = {name: s.take_rows(rows.index) for name, s in streams.items()}
-    return on_rows(
-        model, batch, target_out, pre_acts, streams, rows, config, pnorm, config.loss_coeffs
-    )
-
-
 def loss_on_rows(
     model: ComponentModel,
     batch: Tensor,
@@ -333,3 +296,40 @@ def loss_on_rows(
     inputs = LossInputs(model, batch, target_out, pre_acts, ci, ci_upper, config, pnorm, rows)
     total_value, terms = total(inputs, coeffs)
     return BatchLoss(total=total_value, terms=terms, ci=ci, rows=rows)
+
+
+def batch_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    config: Config,
+    pnorm: float,
+    on_rows: Callable[..., BatchLoss] = loss_on_rows,
+) -> BatchLoss:
+    """Target pass, row selection (`spd.losses.row_selection`), then `on_rows` (`loss_on_rows`,
+    or a compiled version of it): causal importances, `total_loss`.
+
+    Products of fixed and trained factors that several passes share are formed once
+    (`spd.models.low_rank_stream.shared_products`).
+    """
+    with shared_products():
+        return _batch_loss(model, batch, config, pnorm, on_rows)
+
+
+def _batch_loss(
+    model: ComponentModel,
+    batch: Tensor,
+    config: Config,
+    pnorm: float,
+    on_rows: Callable[..., BatchLoss],
+) -> BatchLoss:
+    with torch.no_grad():
+        target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
+    rows = select_rows(model, pre_acts, streams)
+    if rows is not None:
+        check_independent_rows(model, batch, target_out, rows)
+        batch, target_out = rows.take(batch), rows.take(target_out)
+        pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
+        streams = {name: s.take_rows(rows.index) for name, s in streams.items()}
+    return on_rows(
+        model, batch, target_out, pre_acts, streams, rows, config, pnorm, config.loss_coeffs
+    )

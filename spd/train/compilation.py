@@ -47,6 +47,7 @@ from spd.config.schema import CompileMode, Config
 from spd.losses.row_selection import RowSelection
 from spd.losses.terms import BatchLoss, LossInputs, batch_loss, loss_on_rows, total_loss
 from spd.models.component_model import ComponentModel
+from spd.models.low_rank_stream import LowRankStream
 from spd.train import distributed
 
 # What a failed compilation raises at the first call: dynamo wraps backend errors in a
@@ -59,6 +60,7 @@ OnRows = Callable[
         Tensor,
         Tensor,
         Mapping[str, Tensor],
+        Mapping[str, LowRankStream],
         RowSelection | None,
         Config,
         float,
