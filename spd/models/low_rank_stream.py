@@ -52,8 +52,11 @@ def _identity(t: Tensor) -> tuple[object, ...]:
 
 
 def _product(basis: Float[Tensor, "r d"], matrix: Float[Tensor, "d k"]) -> Float[Tensor, "r k"]:
+    # Checked before the ContextVar, which torch.compile cannot trace (a graph break per call).
+    if torch.compiler.is_compiling():
+        return basis @ matrix
     shared = _SHARED.get()
-    if shared is None or torch.compiler.is_compiling():
+    if shared is None:
         return basis @ matrix
     # Grad mode is in the key: a product formed under no_grad must not stand in for one that
     # gradients flow through.
