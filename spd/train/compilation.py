@@ -24,9 +24,10 @@ compiled for its row count and the second compiled again with the dimension dyna
 row selection, so its sizes are fixed. Measured (`TORCH_LOGS=recompiles`, tms_5-2 at batch 64,
 200 steps): one graph, no recompile.
 
-`auto` compiles on CUDA only. On the project's 2-core CPU no toy experiment ran faster compiled
-(docs/benchmarks.md, "Compilation": tms_5-2 61 against 68 steps/s eager, resid_mlp1 2.2 against
-3.0, tms_40-10 equal; a loaded machine, 1 thread), after 20–90 s of compilation: the
+`auto` compiles on CUDA only. On the project's 2-core CPU compiled and eager steps were equal
+within the machine's noise (docs/benchmarks.md, "Compilation": tms_5-2 61–74 against 68 steps/s
+eager, resid_mlp1 11.8 against 11.6, tms_40-10 equal; a loaded machine, 1 thread), after
+20–90 s of compilation and with more memory: the
 CPU step's kernels are already few and large, the row selection leaves inductor with
 dynamic-shape kernels, and what compilation removes (Python and dispatcher overhead) is a small
 part of a CPU step.
