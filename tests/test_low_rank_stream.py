@@ -12,21 +12,9 @@ from spd.models.component_model import build_component_model
 from spd.models.low_rank_stream import LowRankStream, shared_products
 from spd.train.optimize import optimize
 from tests.paths import REPO_ROOT
+from tests.recording_sink import RecordingSink
 
 RESID_MLP2_CONFIG = REPO_ROOT / "spd" / "experiments" / "resid_mlp" / "resid_mlp2_config.yaml"
-
-
-class _Rows:
-    """A sink that keeps the logged metric rows."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.rows.append({"step": step, **metrics})
-
-    def save_figure(self, step: int, name: str, figure: object) -> None:
-        pass
 
 
 def _randn(*shape: int, seed: int) -> Tensor:
@@ -123,7 +111,7 @@ def test_optimize_gives_the_dense_path_losses_and_parameters() -> None:
         target = _small_resid_mlp()
         target.factor_stream = factored
         train, evals = make_data(config, target, torch.device("cpu"))
-        logged = _Rows()
+        logged = RecordingSink()
         torch.manual_seed(0)
         result = optimize(
             target,
@@ -132,9 +120,9 @@ def test_optimize_gives_the_dense_path_losses_and_parameters() -> None:
             train,
             evals,
             show_progress=False,
-            sinks=[logged],  # pyright: ignore[reportArgumentType]
+            sinks=[logged],
         )
-        rows[factored] = logged.rows
+        rows[factored] = logged.train_rows()
         params[factored] = {k: v.detach().clone() for k, v in result.model.named_parameters()}
     assert len(rows[True]) == len(rows[False])
     assert {r["step"] for r in rows[True]} == set(range(31))

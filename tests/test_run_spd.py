@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from spd.config.loading import load_config
@@ -19,25 +18,9 @@ from spd.persistence.run_dir import RunDirectory, read_metrics
 from spd.train.optimize import optimize
 from spd.train.setup import trainable_parameters
 from tests.fixture_types import ConfigFactory, TargetFactory
+from tests.recording_sink import RecordingSink
 
 CPU = torch.device("cpu")
-
-
-class RecordingSink:
-    """Keeps what optimize() reports, in memory."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, dict[str, float]]] = []
-        self.figures: list[tuple[int, str]] = []
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.rows.append((step, dict(metrics)))
-
-    def save_figure(self, step: int, name: str, figure: Figure) -> None:
-        self.figures.append((step, name))
-
-    def series(self, key: str) -> dict[int, float]:
-        return {step: row[key] for step, row in self.rows if key in row}
 
 
 def _tms_streams(config: Config, target: TMSModel) -> tuple[Iterator[Tensor], Iterator[Tensor]]:

@@ -13,21 +13,9 @@ from spd.models import components as components_module
 from spd.models import scalar_mlp as scalar_mlp_module
 from spd.train.optimize import optimize
 from tests.paths import REPO_ROOT
+from tests.recording_sink import RecordingSink
 
 TMS_40_10_CONFIG = REPO_ROOT / "spd" / "experiments" / "tms" / "tms_40_10_config.yaml"
-
-
-class _Rows:
-    """A sink that keeps the logged metric rows."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self.rows.append({"step": step, **metrics})
-
-    def save_figure(self, step: int, name: str, figure: object) -> None:
-        pass
 
 
 def _plain_scalar_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -54,7 +42,7 @@ def _train(
     config = load_config(TMS_40_10_CONFIG, overrides)
     target = load_target_model(config)
     train, evals = make_data(config, target, torch.device("cpu"))
-    logged = _Rows()
+    logged = RecordingSink()
     torch.manual_seed(0)
     with monkeypatch.context() as patch:
         if plain:
@@ -66,10 +54,10 @@ def _train(
             train,
             evals,
             show_progress=False,
-            sinks=[logged],  # pyright: ignore[reportArgumentType]
+            sinks=[logged],
         )
     params = {k: v.detach().clone() for k, v in result.model.named_parameters()}
-    return [r for r in logged.rows if "train/loss/total" in r], params
+    return logged.train_rows(), params
 
 
 @pytest.mark.parametrize("keep_hidden", [True, False], ids=["kept", "recomputed"])
