@@ -162,7 +162,8 @@ class Config(StrictModel):
         description=(
             "torch.compile of the training step's loss computation (spd/train/compilation.py). "
             "on: compile, falling back to eager with one line if compilation is unavailable; "
-            "off: eager; auto: compile where it was measured to pay (see docs/benchmarks.md)."
+            "off: eager; auto: compile where it was measured to pay, which is nowhere yet (eager on "
+            "CPU and CUDA; see docs/benchmarks.md, Compilation)."
         ),
     )
     run_name: str | None = None
