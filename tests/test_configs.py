@@ -8,9 +8,17 @@ import pytest
 import yaml
 
 from spd.config.loading import apply_overrides, load_config, read_yaml
-from spd.config.schema import Config, TMSTaskConfig
+from spd.config.schema import (
+    Config,
+    GenericTaskConfig,
+    LMTaskConfig,
+    MetricSpec,
+    ResidMLPTaskConfig,
+    TMSTaskConfig,
+)
 from spd.errors import SPDUserError
 from spd.persistence.run_dir import save_config
+from spd.scripts import config_cli
 from tests.paths import REPO_ROOT, TMS_5_2_CONFIG, TMS_DIR
 
 
@@ -217,3 +225,41 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
 def test_mistyped_key_inside_a_list_entry() -> None:
     message = _error(TMS_5_2_CONFIG, {"metrics": [{"nme": "ci_l0"}]})
     assert "unknown config key 'metrics.0.nme'; did you mean 'name'?" in message
+
+
+def test_every_config_field_has_a_description() -> None:
+    # The descriptions are the config's reference (JSON schema, editors, `spd-config`): a new
+    # field without one would be undocumented everywhere.
+    blocks: list[type[pydantic.BaseModel]] = [
+        Config,
+        MetricSpec,
+        TMSTaskConfig,
+        ResidMLPTaskConfig,
+        LMTaskConfig,
+        GenericTaskConfig,
+    ]
+    missing = [
+        f"{block.__name__}.{name}"
+        for block in blocks
+        for name, field in block.model_fields.items()
+        if not field.description
+    ]
+    assert missing == []
+
+
+def test_spd_config_fields_lists_every_key_with_its_type_default_and_meaning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config_cli.main(["fields"])
+    listing = capsys.readouterr().out
+    headers = [line for line in listing.splitlines() if not line.startswith(" ")]
+    assert [h.split(":")[0] for h in headers] == list(Config.model_fields)
+    assert 'compile: "auto" | "on" | "off" = "auto"' in headers
+    assert "C: int (required)" in headers
+    assert 'metrics: list[MetricSpec] = [{"name": "ci_l0", "params": {}}]' in headers
+    # The defaults print as JSON, which a YAML file takes as written.
+    assert "save_freq: int | null = null" in headers
+    config_cli.main(["fields", "task_config.resid_mlp"])
+    block = capsys.readouterr().out
+    assert block.startswith('task_name: "resid_mlp" = "resid_mlp"\n    Selects this task\n')
+    assert "feature_probability: float = 0.01\n    Chance" in block

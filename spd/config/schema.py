@@ -30,6 +30,11 @@ LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
 TiedWeightsMode = Literal["shared_storage", "single_parameter"]
 CompileMode = Literal["auto", "on", "off"]
+DataGeneration = Literal["at_least_zero_active", "exactly_one_active"]
+DATA_GENERATION_DESCRIPTION = (
+    "at_least_zero_active: each feature active independently, with a uniform random value; "
+    "exactly_one_active: one random feature per example"
+)
 
 
 def _has_huge_number(value: Any) -> bool:
@@ -64,27 +69,35 @@ class StrictModel(BaseModel):
 class MetricSpec(StrictModel):
     """One selected metric or figure: its registry name and keyword parameters."""
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        description="Registry name of the metric or figure (spd/eval/metrics.py, spd/eval/figures.py)"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the metric or figure"
+    )
 
 
 class TMSTaskConfig(StrictModel):
     """Data of the toy-model-of-superposition experiments."""
 
-    task_name: Literal["tms"] = "tms"
-    feature_probability: Probability = 0.05
-    data_generation_type: Literal["at_least_zero_active", "exactly_one_active"] = (
-        "at_least_zero_active"
+    task_name: Literal["tms"] = Field(default="tms", description="Selects this task")
+    feature_probability: Probability = Field(
+        default=0.05, description="Chance that each feature is active in an example"
+    )
+    data_generation_type: DataGeneration = Field(
+        default="at_least_zero_active", description=DATA_GENERATION_DESCRIPTION
     )
 
 
 class ResidMLPTaskConfig(StrictModel):
     """Data of the residual-MLP experiments."""
 
-    task_name: Literal["resid_mlp"] = "resid_mlp"
-    feature_probability: Probability = 0.01
-    data_generation_type: Literal["at_least_zero_active", "exactly_one_active"] = (
-        "at_least_zero_active"
+    task_name: Literal["resid_mlp"] = Field(default="resid_mlp", description="Selects this task")
+    feature_probability: Probability = Field(
+        default=0.01, description="Chance that each feature is active in an example"
+    )
+    data_generation_type: DataGeneration = Field(
+        default="at_least_zero_active", description=DATA_GENERATION_DESCRIPTION
     )
 
 
@@ -95,15 +108,27 @@ class LMTaskConfig(StrictModel):
     `spd/experiments/lm/sources.py` for how a name is resolved).
     """
 
-    task_name: Literal["lm"] = "lm"
+    task_name: Literal["lm"] = Field(default="lm", description="Selects this task")
     dataset_name: str = Field(description="Hub dataset id, or a local directory of data files")
-    dataset_config_name: str | None = None
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    dataset_config_name: str | None = Field(
+        default=None,
+        description="The dataset's configuration (subset) name, if it has several",
+    )
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        default=None,
+        description="Data files to read instead of the dataset's own (passed to datasets.load_dataset)",
+    )
     text_column: str = Field(description="Column holding the text of each document")
-    train_split: str = "train"
-    eval_split: str = "test"
-    max_seq_len: PositiveInt = 512
-    streaming: bool = False
+    train_split: str = Field(
+        default="train",
+        description="Split (or slice, e.g. 'train[:99%]') to train on",
+    )
+    eval_split: str = Field(default="test", description="Held-out split (or slice) to evaluate on")
+    max_seq_len: PositiveInt = Field(default=512, description="Tokens per training sequence")
+    streaming: bool = Field(
+        default=False,
+        description="Stream the dataset instead of downloading it whole",
+    )
     shuffle_seed: NonNegativeInt | None = Field(
         default=None, description="Seed of the document order; null: the run's `seed`"
     )
@@ -126,7 +151,7 @@ class GenericTaskConfig(StrictModel):
     """Input batches for any target, from a function or class named by import path
     (`spd/experiments/generic/data_source.py` states the contract)."""
 
-    task_name: Literal["generic"] = "generic"
+    task_name: Literal["generic"] = Field(default="generic", description="Selects this task")
     data_source: str = Field(
         description="Import path 'package.module:name' of a function or class called as "
         "name(batch_size=..., seed=..., **data_params) that yields input batches"
@@ -166,18 +191,41 @@ class Config(StrictModel):
             "CPU and CUDA; see docs/benchmarks.md, Compilation)."
         ),
     )
-    run_name: str | None = None
+    run_name: str | None = Field(
+        default=None,
+        description="Name of the run directory (after its timestamp); null: the experiment's name",
+    )
     out_dir: str | None = Field(
         default=None,
         description="Output root for run directories; the SPD_OUT_DIR environment variable overrides it.",
     )
 
     # --- decomposition ---
-    C: PositiveInt
-    target_module_patterns: list[str] = Field(min_length=1)
-    gate_type: GateType = "mlp"
-    gate_hidden_dims: list[PositiveInt] = Field(default_factory=lambda: [16])
-    sigmoid_type: SigmoidType = "leaky_hard"
+    C: PositiveInt = Field(description="Subcomponents per decomposed matrix")
+    target_module_patterns: list[str] = Field(
+        min_length=1,
+        description=(
+            "fnmatch patterns of the module names to decompose (Linear, Embedding or GPT-2 Conv1D)"
+        ),
+    )
+    gate_type: GateType = Field(
+        default="mlp",
+        description=(
+            "Form of the CI functions: mlp (one small MLP per subcomponent on its scalar inner "
+            "activation) or vector_mlp (one per subcomponent on the layer's whole input)"
+        ),
+    )
+    gate_hidden_dims: list[PositiveInt] = Field(
+        default_factory=lambda: [16],
+        description="Hidden widths of each CI function's MLP (GELU between layers)",
+    )
+    sigmoid_type: SigmoidType = Field(
+        default="leaky_hard",
+        description=(
+            "How the CI functions' raw outputs become CI values in [0, 1]; see docs/method.md, "
+            "Causal importance"
+        ),
+    )
     tied_weights: list[tuple[str, str]] | None = Field(
         default=None,
         description="Pairs (source, tied): the tied module's components are the transpose of the source's.",
@@ -195,55 +243,163 @@ class Config(StrictModel):
     )
 
     # --- loss coefficients (null: the term is not computed) ---
-    faithfulness_coeff: OptionalCoeff = 1.0
-    stochastic_recon_coeff: OptionalCoeff = 1.0
-    stochastic_recon_layerwise_coeff: OptionalCoeff = None
-    recon_coeff: OptionalCoeff = None
-    recon_layerwise_coeff: OptionalCoeff = None
-    importance_minimality_coeff: OptionalCoeff = 1e-3
-    schatten_coeff: OptionalCoeff = None
-    out_recon_coeff: OptionalCoeff = None
-    embedding_recon_coeff: OptionalCoeff = None
-    is_embed_unembed_recon: bool = False
-    output_loss_type: OutputLossType = "mse"
-    n_mask_samples: PositiveInt = 1
+    faithfulness_coeff: OptionalCoeff = Field(
+        default=1.0,
+        description=(
+            "Weight of the squared distance between each target matrix and its subcomponents' sum"
+        ),
+    )
+    stochastic_recon_coeff: OptionalCoeff = Field(
+        default=1.0,
+        description=(
+            "Weight of the output reconstruction with every decomposed layer stochastically masked"
+        ),
+    )
+    stochastic_recon_layerwise_coeff: OptionalCoeff = Field(
+        default=None,
+        description="Weight of the output reconstruction with one stochastically masked layer at a time",
+    )
+    recon_coeff: OptionalCoeff = Field(
+        default=None,
+        description="Weight of the output reconstruction with every layer masked by its CI",
+    )
+    recon_layerwise_coeff: OptionalCoeff = Field(
+        default=None,
+        description="Weight of the output reconstruction with one CI-masked layer at a time",
+    )
+    importance_minimality_coeff: OptionalCoeff = Field(
+        default=1e-3,
+        description="Weight of the p-norm of the CI values (the sparsity pressure)",
+    )
+    schatten_coeff: OptionalCoeff = Field(
+        default=None,
+        description="Weight of the CI-weighted squared norms of the subcomponents (optional)",
+    )
+    out_recon_coeff: OptionalCoeff = Field(
+        default=None,
+        description=(
+            "Weight of the output reconstruction with every layer's components unmasked (optional)"
+        ),
+    )
+    embedding_recon_coeff: OptionalCoeff = Field(
+        default=None,
+        description=(
+            "Weight of the masked embedding's error against the original embedding (needs a "
+            "decomposed Embedding)"
+        ),
+    )
+    is_embed_unembed_recon: bool = Field(
+        default=False,
+        description=(
+            "embedding_recon compares both embeddings after lm_head, with KL, instead of by "
+            "squared error"
+        ),
+    )
+    output_loss_type: OutputLossType = Field(
+        default="mse",
+        description="Output divergence of the reconstruction losses: mse, or kl over the logits",
+    )
+    n_mask_samples: PositiveInt = Field(
+        default=1,
+        description="Stochastic mask draws averaged per step",
+    )
 
-    pnorm: PositiveFloat = 1.0
-    p_anneal_start_frac: Fraction = 1.0
-    p_anneal_final_p: PositiveFloat | None = None
-    p_anneal_end_frac: Fraction = 1.0
+    pnorm: PositiveFloat = Field(
+        default=1.0,
+        description="Exponent p of importance_minimality (its start value when annealed)",
+    )
+    p_anneal_start_frac: Fraction = Field(
+        default=1.0,
+        description="Fraction of training at which p starts moving towards p_anneal_final_p",
+    )
+    p_anneal_final_p: PositiveFloat | None = Field(
+        default=None,
+        description="Value p reaches at p_anneal_end_frac; null: p stays pnorm",
+    )
+    p_anneal_end_frac: Fraction = Field(
+        default=1.0,
+        description="Fraction of training at which p reaches p_anneal_final_p",
+    )
 
     # --- optimisation ---
-    lr: PositiveFloat = 1e-3
-    steps: PositiveInt = 10_000
-    batch_size: PositiveInt = 4096
-    gradient_accumulation_steps: PositiveInt = 1
-    lr_schedule: LRSchedule = "constant"
-    lr_exponential_halflife: PositiveFloat | None = None
-    lr_warmup_pct: Fraction = 0.0
+    lr: PositiveFloat = Field(default=1e-3, description="Peak AdamW learning rate (weight decay 0)")
+    steps: PositiveInt = Field(default=10_000, description="Optimisation steps")
+    batch_size: PositiveInt = Field(
+        default=4096,
+        description="Examples (sequences, for language models) per step, over all ranks",
+    )
+    gradient_accumulation_steps: PositiveInt = Field(
+        default=1,
+        description="Micro-batches a step's batch is split into (must divide batch_size)",
+    )
+    lr_schedule: LRSchedule = Field(
+        default="constant",
+        description="Learning-rate decay after the warm-up: constant, linear, cosine or exponential",
+    )
+    lr_exponential_halflife: PositiveFloat | None = Field(
+        default=None,
+        description="Half-life in steps of the exponential schedule",
+    )
+    lr_warmup_pct: Fraction = Field(
+        default=0.0,
+        description="Fraction of the steps with a linear learning-rate warm-up",
+    )
 
     # --- bookkeeping frequencies ---
-    train_log_freq: PositiveInt = 100
-    eval_freq: PositiveInt = 1000
-    slow_eval_freq: PositiveInt = 5000
-    slow_eval_on_first_step: bool = True
-    eval_batch_size: PositiveInt = 4096
-    n_eval_steps: PositiveInt = 1
-    save_freq: PositiveInt | None = None
+    train_log_freq: PositiveInt = Field(
+        default=100,
+        description="Steps between logs of the loss terms, CI-L0, alive counts, lr and gradient norm",
+    )
+    eval_freq: PositiveInt = Field(
+        default=1000,
+        description="Steps between evaluations of the configured metrics",
+    )
+    slow_eval_freq: PositiveInt = Field(
+        default=5000,
+        description="Steps between evaluations of the slow metrics and the figures",
+    )
+    slow_eval_on_first_step: bool = Field(
+        default=True,
+        description="Also run the slow evaluation at step 0",
+    )
+    eval_batch_size: PositiveInt = Field(default=4096, description="Examples per evaluation batch")
+    n_eval_steps: PositiveInt = Field(default=1, description="Evaluation batches per evaluation")
+    save_freq: PositiveInt | None = Field(
+        default=None,
+        description="Steps between checkpoints; null: only the final one",
+    )
     keep_last_checkpoints: PositiveInt = Field(
         default=3,
         description="How many of the newest checkpoints a run keeps (and always the final one).",
     )
-    ci_alive_threshold: Probability = 0.1
-    n_examples_until_dead: PositiveInt = 1_000_000
+    ci_alive_threshold: Probability = Field(
+        default=0.1,
+        description="CI above which a subcomponent counts as active (CI-L0, alive counts)",
+    )
+    n_examples_until_dead: PositiveInt = Field(
+        default=1_000_000,
+        description="Examples without activity after which a subcomponent counts as dead",
+    )
 
     # --- evaluation selection ---
-    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name="ci_l0")])
-    figures: list[MetricSpec] = Field(default_factory=list)
+    metrics: list[MetricSpec] = Field(
+        default_factory=lambda: [MetricSpec(name="ci_l0")],
+        description="Metrics computed at evaluations ({name, params} entries)",
+    )
+    figures: list[MetricSpec] = Field(
+        default_factory=list,
+        description="Figures drawn at slow evaluations ({name, params} entries)",
+    )
 
     # --- Weights & Biases (no tracking while wandb_project is null; see spd/tracking/wandb_sink.py) ---
-    wandb_project: str | None = None
-    wandb_entity: str | None = None
+    wandb_project: str | None = Field(
+        default=None,
+        description="W&B project to log to; null: no W&B tracking",
+    )
+    wandb_entity: str | None = Field(
+        default=None,
+        description="W&B team or user; null: the logged-in user's default",
+    )
     wandb_run_name: str | None = Field(default=None, description="Fixed run name (else generated)")
     wandb_run_name_prefix: str = Field(default="", description="Put before a generated run name")
     wandb_group: str | None = Field(default=None, description="Set by the launcher for sweeps")
@@ -253,12 +409,28 @@ class Config(StrictModel):
     pretrained_model_class: str = Field(
         description="Import path of the target's class, e.g. spd.experiments.tms.models.TMSModel"
     )
-    pretrained_model_path: str | None = None
-    pretrained_model_name_hf: str | None = None
-    pretrained_model_output_attr: str | None = None
+    pretrained_model_path: str | None = Field(
+        default=None,
+        description="Local checkpoint of the target, or 'wandb:<entity>/<project>/runs/<run id>'",
+    )
+    pretrained_model_name_hf: str | None = Field(
+        default=None,
+        description=(
+            "Hugging Face hub id or local directory of the target (when pretrained_model_path "
+            "is null)"
+        ),
+    )
+    pretrained_model_output_attr: str | None = Field(
+        default=None,
+        description=(
+            "Attribute of the target's output holding the tensor to reconstruct (e.g. logits); "
+            "null: the output itself"
+        ),
+    )
 
-    task_config: TaskConfig
-
+    task_config: TaskConfig = Field(
+        description="The data: a block selected by its task_name (tms, resid_mlp, lm or generic)",
+    )
     empty_text_allowed: ClassVar[frozenset[str]] = frozenset({"wandb_run_name_prefix"})
 
     @field_validator("run_name")
