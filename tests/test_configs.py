@@ -1,21 +1,14 @@
 """The typed config: the shipped TMS configs, validation, one-line errors, overrides, round trip."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pydantic
 import pytest
 import yaml
 
 from spd.config.loading import apply_overrides, load_config, read_yaml
-from spd.config.schema import (
-    Config,
-    GenericTaskConfig,
-    LMTaskConfig,
-    MetricSpec,
-    ResidMLPTaskConfig,
-    TMSTaskConfig,
-)
+from spd.config.schema import CONFIG_BLOCKS, Config, TaskConfig, TMSTaskConfig
 from spd.errors import SPDUserError
 from spd.persistence.run_dir import save_config
 from spd.scripts import config_cli
@@ -230,17 +223,11 @@ def test_mistyped_key_inside_a_list_entry() -> None:
 def test_every_config_field_has_a_description() -> None:
     # The descriptions are the config's reference (JSON schema, editors, `spd-config`): a new
     # field without one would be undocumented everywhere.
-    blocks: list[type[pydantic.BaseModel]] = [
-        Config,
-        MetricSpec,
-        TMSTaskConfig,
-        ResidMLPTaskConfig,
-        LMTaskConfig,
-        GenericTaskConfig,
-    ]
+    tasks = {block for where, block in CONFIG_BLOCKS.items() if where.startswith("task_config.")}
+    assert tasks == set(get_args(get_args(TaskConfig)[0])), "a task block is not listed"
     missing = [
-        f"{block.__name__}.{name}"
-        for block in blocks
+        f"{where}.{name}"
+        for where, block in CONFIG_BLOCKS.items()
         for name, field in block.model_fields.items()
         if not field.description
     ]

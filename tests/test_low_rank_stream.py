@@ -10,9 +10,8 @@ from spd.experiments.resid_mlp.resid_mlp_decomposition import make_data
 from spd.losses.row_selection import select_rows
 from spd.models.component_model import build_component_model
 from spd.models.low_rank_stream import LowRankStream, shared_products
-from spd.train.optimize import optimize
+from tests.logged_runs import LOG_EVERY_STEP, logged_run
 from tests.paths import REPO_ROOT
-from tests.recording_sink import RecordingSink
 
 RESID_MLP2_CONFIG = REPO_ROOT / "spd" / "experiments" / "resid_mlp" / "resid_mlp2_config.yaml"
 
@@ -94,13 +93,7 @@ def test_optimize_gives_the_dense_path_losses_and_parameters() -> None:
         "C": 10,
         "steps": 30,
         "batch_size": 256,
-        "train_log_freq": 1,
-        "eval_freq": 10**6,
-        "slow_eval_freq": 10**6,
-        "slow_eval_on_first_step": False,
-        "save_freq": None,
-        "metrics": [],
-        "figures": [],
+        **LOG_EVERY_STEP,
         "importance_minimality_coeff": 1e-3,
         "task_config": {"task_name": "resid_mlp", "feature_probability": 0.05},
     }
@@ -110,20 +103,7 @@ def test_optimize_gives_the_dense_path_losses_and_parameters() -> None:
     for factored in (False, True):
         target = _small_resid_mlp()
         target.factor_stream = factored
-        train, evals = make_data(config, target, torch.device("cpu"))
-        logged = RecordingSink()
-        torch.manual_seed(0)
-        result = optimize(
-            target,
-            config,
-            torch.device("cpu"),
-            train,
-            evals,
-            show_progress=False,
-            sinks=[logged],
-        )
-        rows[factored] = logged.train_rows()
-        params[factored] = {k: v.detach().clone() for k, v in result.model.named_parameters()}
+        rows[factored], params[factored] = logged_run(target, config, make_data)
     assert len(rows[True]) == len(rows[False])
     assert {r["step"] for r in rows[True]} == set(range(31))
     # Row selection was on: most rows of these batches are all-zero.

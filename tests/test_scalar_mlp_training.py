@@ -11,9 +11,8 @@ from spd.experiments.tms.tms_decomposition import make_data
 from spd.loading.targets import load_target_model
 from spd.models import components as components_module
 from spd.models import scalar_mlp as scalar_mlp_module
-from spd.train.optimize import optimize
+from tests.logged_runs import LOG_EVERY_STEP, logged_run
 from tests.paths import REPO_ROOT
-from tests.recording_sink import RecordingSink
 
 TMS_40_10_CONFIG = REPO_ROOT / "spd" / "experiments" / "tms" / "tms_40_10_config.yaml"
 
@@ -27,37 +26,12 @@ def _train(
     monkeypatch: pytest.MonkeyPatch, plain: bool
 ) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
     """The logged training rows and the final parameters of 12 steps on tms_40-10 (C = 24)."""
-    overrides = {
-        "C": 24,
-        "steps": 12,
-        "batch_size": 256,
-        "train_log_freq": 1,
-        "eval_freq": 10**6,
-        "slow_eval_freq": 10**6,
-        "slow_eval_on_first_step": False,
-        "save_freq": None,
-        "metrics": [],
-        "figures": [],
-    }
+    overrides = {"C": 24, "steps": 12, "batch_size": 256, **LOG_EVERY_STEP}
     config = load_config(TMS_40_10_CONFIG, overrides)
-    target = load_target_model(config)
-    train, evals = make_data(config, target, torch.device("cpu"))
-    logged = RecordingSink()
-    torch.manual_seed(0)
     with monkeypatch.context() as patch:
         if plain:
             patch.setattr(components_module, "scalar_mlp", _plain_scalar_mlp)
-        result = optimize(
-            target,
-            config,
-            torch.device("cpu"),
-            train,
-            evals,
-            show_progress=False,
-            sinks=[logged],
-        )
-    params = {k: v.detach().clone() for k, v in result.model.named_parameters()}
-    return logged.train_rows(), params
+        return logged_run(load_target_model(config), config, make_data)
 
 
 @pytest.mark.parametrize("keep_hidden", [True, False], ids=["kept", "recomputed"])

@@ -488,3 +488,14 @@ class Config(StrictModel):
             for name in fields
             if name.endswith(LOSS_COEFF_SUFFIX) and (value := getattr(self, name)) is not None
         }
+
+
+# Every block of a config file, by where it sits in the file (`spd-config fields BLOCK`).
+CONFIG_BLOCKS: dict[str, type[StrictModel]] = {
+    "config": Config,
+    "task_config.tms": TMSTaskConfig,
+    "task_config.resid_mlp": ResidMLPTaskConfig,
+    "task_config.lm": LMTaskConfig,
+    "task_config.generic": GenericTaskConfig,
+    "metrics": MetricSpec,
+}

@@ -24,14 +24,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from spd.config.loading import config_dict, config_from_dict
-from spd.config.schema import (
-    Config,
-    GenericTaskConfig,
-    LMTaskConfig,
-    MetricSpec,
-    ResidMLPTaskConfig,
-    TMSTaskConfig,
-)
+from spd.config.schema import CONFIG_BLOCKS
 from spd.errors import OneLineArgumentParser, run_cli
 from spd.loading.run_config import with_target_ties
 
@@ -41,16 +34,6 @@ def upgraded_yaml(path: Path) -> str:
     data = with_target_ties(config_dict(path), str(path))
     config_from_dict(data, source=str(path))  # the upgraded file must load
     return yaml.safe_dump(data, sort_keys=False)
-
-
-BLOCKS: dict[str, type[BaseModel]] = {
-    "config": Config,
-    "task_config.tms": TMSTaskConfig,
-    "task_config.resid_mlp": ResidMLPTaskConfig,
-    "task_config.lm": LMTaskConfig,
-    "task_config.generic": GenericTaskConfig,
-    "metrics": MetricSpec,
-}
 
 
 def type_text(annotation: Any) -> str:
@@ -96,10 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     upgrade = commands.add_parser("upgrade", help="print an original-format config in this format")
     upgrade.add_argument("config", type=Path, help="the config file to upgrade")
     fields = commands.add_parser("fields", help="list the config keys with their meanings")
-    fields.add_argument("block", nargs="?", default="config", choices=list(BLOCKS))
+    fields.add_argument("block", nargs="?", default="config", choices=list(CONFIG_BLOCKS))
     args = parser.parse_args(argv)
     if args.command == "fields":
-        print(field_reference(BLOCKS[args.block]), end="")
+        print(field_reference(CONFIG_BLOCKS[args.block]), end="")
     else:
         print(upgraded_yaml(args.config), end="")
 
