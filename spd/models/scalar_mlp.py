@@ -75,11 +75,12 @@ class _ScalarMLP(torch.autograd.Function):
         x, w1, b1, w2, *kept = ctx.saved_tensors  # pyright: ignore[reportAttributeAccessIssue]
         g_out = grads[0].contiguous()  # (C, N)
         C, H = w1.shape
-        # With g_h = g_out ⊗ w2 ⊙ gelu'(h) and d = w2 ⊙ gelu'(h) (one pass over a block, no
-        # (C, H, N) tensor for g_out ⊗ w2):
-        #   g_w1 = Σ_n x g_out d,  g_b1 = Σ_n g_out d  (one product against both rows of `rhs`),
-        #   g_x = g_out · (w1 · d),  g_w2 = Σ_n g_out gelu(h).
+        # With g_h = g_out ⊗ w2 ⊙ gelu'(h) (one pass over a block for gelu'(h), no (C, H, N)
+        # tensor for g_out ⊗ w2, and w2 applied to the (C, H) results instead):
+        #   g_w1 = w2 Σ_n x g_out gelu'(h),  g_b1 = w2 Σ_n g_out gelu'(h)  (one product against
+        #   both rows of `rhs`),  g_x = g_out · ((w1 w2) · gelu'(h)),  g_w2 = Σ_n g_out gelu(h).
         rhs = torch.stack([x * g_out, g_out], 1)  # (C, 2, N)
+        w1_w2 = (w1 * w2)[:, None, :]  # (C, 1, H)
         g_w1_b1 = x.new_empty(C, 2, H)
         g_w2 = x.new_empty(C, 1, H)
         w1_d = x.new_empty(C, 1, x.shape[1])
@@ -90,13 +91,31 @@ class _ScalarMLP(torch.autograd.Function):
                 h = _hidden(x, w1, b1, c)
                 a = F.gelu(h)
             torch.bmm(rhs[c, 1:], a.transpose(1, 2), out=g_w2[c])
-            # A materialised w2 (one cheap pass): with a broadcast one, gelu_backward runs its
-            # slower strided loop (1.35 against 0.9 ns per element).
-            d = torch.ops.aten.gelu_backward(w2[c, :, None].expand_as(h).contiguous(), h)
-            torch.bmm(rhs[c], d.transpose(1, 2), out=g_w1_b1[c])
-            torch.bmm(w1[c, None, :], d, out=w1_d[c])
+            gelu_slope = torch.ops.aten.gelu_backward(_ones_like(h), h)
+            torch.bmm(rhs[c], gelu_slope.transpose(1, 2), out=g_w1_b1[c])
+            torch.bmm(w1_w2[c], gelu_slope, out=w1_d[c])
+        g_w1_b1.mul_(w2[:, None, :])
         g_x = w1_d.squeeze(1).mul_(g_out)
         return g_x, g_w1_b1[:, 0], g_w1_b1[:, 1], g_w2.squeeze(1), g_out.sum(1)
+
+
+_cpu_ones: dict[torch.dtype, Tensor] = {}
+
+
+def _ones_like(t: Tensor) -> Tensor:
+    """Ones shaped like `t`: on the CPU a contiguous view of one buffer kept per dtype.
+
+    gelu_backward's incoming gradient. On the CPU, with a broadcast (stride-0) one it runs its
+    slower strided loop (1.35 against 0.9 ns per element), and a fresh tensor of ones costs a pass
+    to fill; the buffer is as large as the largest block (`CPU_BLOCK_ELEMENTS` per thread). On
+    CUDA, where the whole layer is one block, the broadcast costs nothing extra.
+    """
+    if t.device.type != "cpu":
+        return t.new_ones(()).expand_as(t)
+    buffer = _cpu_ones.get(t.dtype)
+    if buffer is None or buffer.numel() < t.numel():
+        buffer = _cpu_ones[t.dtype] = torch.ones(t.numel(), dtype=t.dtype)
+    return buffer[: t.numel()].view(t.shape)
 
 
 def _apply(
