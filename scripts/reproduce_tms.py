@@ -56,9 +56,10 @@ def run_one(experiment: str, seed: int, out_root: Path, extra: list[str]) -> Pat
 
 
 def collect(out_root: Path) -> list[tuple[str, int, Path]]:
-    """Finished TMS runs under `out_root`: (experiment, seed, run dir), from their configs."""
+    """Finished TMS runs at any depth under `out_root` (a run root of `reproduce_tms.py` or of
+    `spd-run`, which nests runs in launch directories): (experiment, seed, run dir)."""
     runs = []
-    for summary in sorted(out_root.glob("*/summary.json")):
+    for summary in sorted(out_root.rglob("summary.json")):
         config = yaml.safe_load((summary.parent / "final_config.yaml").read_text())
         if config["task_config"]["task_name"] != "tms":
             continue

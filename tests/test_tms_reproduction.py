@@ -21,3 +21,22 @@ def test_full_length_run_recovers_ground_truth(experiment: str, tmp_path: Path) 
         experiment, json.loads((run_dir / "summary.json").read_text())
     )
     assert ok, notes
+
+
+def _finished_run(run_dir: Path, task_name: str, target: str, seed: int) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"mmcs/linear1": 1.0}))
+    config = {"seed": seed, "task_config": {"task_name": task_name}}
+    (run_dir / "final_config.yaml").write_text(
+        json.dumps({**config, "pretrained_model_path": f"spd/experiments/tms/targets/{target}"})
+    )
+
+
+def test_collect_finds_tms_runs_at_any_depth(tmp_path: Path) -> None:
+    # reproduce_tms.py writes <root>/<run>; spd-run writes <root>/<launch>/<run>.
+    _finished_run(tmp_path / "20261130-000000-tms_5-2-seed3", "tms", "tms_5-2", 3)
+    _finished_run(tmp_path / "launch" / "20261130-000001-tms_40-10-id", "tms", "tms_40-10-id", 0)
+    _finished_run(tmp_path / "launch" / "20261130-000002-resid_mlp1", "resid_mlp", "x", 0)
+    (tmp_path / "launch" / "unfinished").mkdir()
+    found = {(e, s) for e, s, _ in reproduce_tms.collect(tmp_path)}
+    assert found == {("tms_5-2", 3), ("tms_40-10-id", 0)}
