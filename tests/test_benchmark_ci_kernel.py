@@ -2,19 +2,16 @@
 counts the rows the kernel evaluates as the kernel does. Its timings are recorded in
 docs/benchmarks.md, never asserted."""
 
-import importlib.util
 import subprocess
 import sys
 
 import torch
 
 from tests.paths import REPO_ROOT
+from tests.script_modules import load_script
 
 SCRIPT = REPO_ROOT / "scripts" / "benchmark_ci_kernel.py"
-_spec = importlib.util.spec_from_file_location("benchmark_ci_kernel", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-benchmark_ci_kernel = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(benchmark_ci_kernel)
+benchmark_ci_kernel = load_script("benchmark_ci_kernel")
 
 
 def test_one_tms_step_calls_the_kernel_once_per_layer_with_the_selected_rows() -> None:

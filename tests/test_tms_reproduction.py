@@ -1,16 +1,13 @@
 """Full-length TMS decompositions against the paper's results (slow: minutes to hours on a CPU)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_tms.py"
-_spec = importlib.util.spec_from_file_location("reproduce_tms", _SCRIPT)
-assert _spec is not None and _spec.loader is not None
-reproduce_tms = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce_tms)
+from tests.script_modules import load_script
+
+reproduce_tms = load_script("reproduce_tms")
 
 
 @pytest.mark.slow
