@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra spd-run options for run-tms, e.g. make run-tms ARGS="--override steps=2000"
 ARGS ?=
 
-.PHONY: install install-dev check format type test test-all run-tms bench clean-venv
+.PHONY: install install-dev check format type test test-all run-tms bench gpu-wheels clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ run-tms: install  ## the main job: decompose tms_5-2 here, print the run directo
 
 bench: install  ## steps/s and peak memory of the toy experiments and the LM example (see docs/benchmarks.md; ARGS: e.g. --ref COMMIT)
 	$(BIN)/python scripts/benchmark.py $(ARGS)
+
+# The packages scripts/gpu_check.sh needs on a GPU machine that has torch but cannot download:
+# the versions installed here, as wheels for that machine's Python (3.12, x86-64 Linux).
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions python-dotenv
+gpu-wheels: install  ## download into .whl/ what scripts/gpu_check.sh installs on a GPU machine
+	$(BIN)/pip download --quiet --dest .whl --only-binary=:all: --no-deps \
+		--python-version $(GPU_PYTHON) --implementation cp \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		$(foreach p,$(GPU_WHEELS),"$(p)==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("$(p)"))')")
 
 clean-venv:
 	rm -rf $(VENV)
