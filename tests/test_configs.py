@@ -10,6 +10,10 @@ import yaml
 from spd.config.loading import apply_overrides, load_config, read_yaml
 from spd.config.schema import CONFIG_BLOCKS, Config, TaskConfig, TMSTaskConfig
 from spd.errors import SPDUserError
+from spd.experiments.resid_mlp.models import ResidMLPModelConfig
+from spd.experiments.resid_mlp.train_resid_mlp import ResidMLPTrainConfig
+from spd.experiments.tms.models import TMSModelConfig
+from spd.experiments.tms.train_tms import TMSTrainConfig
 from spd.persistence.run_dir import save_config
 from spd.scripts import config_cli
 from tests.paths import REPO_ROOT, TMS_5_2_CONFIG, TMS_DIR
@@ -225,9 +229,17 @@ def test_every_config_field_has_a_description() -> None:
     # field without one would be undocumented everywhere.
     tasks = {block for where, block in CONFIG_BLOCKS.items() if where.startswith("task_config.")}
     assert tasks == set(get_args(get_args(TaskConfig)[0])), "a task block is not listed"
+    # The target-training configs (spd/experiments/*/train_*.py) are documented the same way.
+    blocks = {
+        **CONFIG_BLOCKS,
+        "tms train": TMSTrainConfig,
+        "tms model": TMSModelConfig,
+        "resid_mlp train": ResidMLPTrainConfig,
+        "resid_mlp model": ResidMLPModelConfig,
+    }
     missing = [
         f"{where}.{name}"
-        for where, block in CONFIG_BLOCKS.items()
+        for where, block in blocks.items()
         for name, field in block.model_fields.items()
         if not field.description
     ]

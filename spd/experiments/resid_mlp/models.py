@@ -29,11 +29,13 @@ from spd.persistence.atomic_files import atomic_torch_save, atomic_write_text
 class ResidMLPModelConfig(StrictModel):
     """Shape of a residual-MLP target; `d_mlp` is the number of neurons of each layer."""
 
-    n_features: PositiveInt
-    d_embed: PositiveInt = 1000
-    d_mlp: PositiveInt
-    n_layers: PositiveInt
-    embed_seed: NonNegativeInt = 0
+    n_features: PositiveInt = Field(description="Input features (one-hot directions of W_E)")
+    d_embed: PositiveInt = Field(default=1000, description="Width of the residual stream")
+    d_mlp: PositiveInt = Field(description="Neurons of each MLP layer")
+    n_layers: PositiveInt = Field(description="MLP layers (blocks mlp_in, mlp_out)")
+    embed_seed: NonNegativeInt = Field(
+        default=0, description="Seed of the fixed random unit-norm embedding W_E"
+    )
     act_fn: Literal["relu", "gelu"] = Field(
         default="relu", description="The MLP nonlinearity (the original's targets may use gelu)"
     )

@@ -50,13 +50,17 @@ EVAL_CHUNK = 10_000
 class ResidMLPTrainConfig(StrictModel):
     """The recipe of one target; `steps` was chosen so that the loss has flattened out."""
 
-    model: ResidMLPModelConfig
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
-    steps: PositiveInt = 2000
-    batch_size: PositiveInt = 2048
-    lr: PositiveFloat = 3e-3
-    weight_decay: float = 0.01
-    feature_probability: Probability = 0.01
+    model: ResidMLPModelConfig = Field(description="The target's shape")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(
+        default=0, description="Seed of the initialisation and the data"
+    )
+    steps: PositiveInt = Field(default=2000, description="Training steps")
+    batch_size: PositiveInt = Field(default=2048, description="Examples per step")
+    lr: PositiveFloat = Field(default=3e-3, description="AdamW learning rate")
+    weight_decay: float = Field(default=0.01, description="AdamW weight decay")
+    feature_probability: Probability = Field(
+        default=0.01, description="Chance that each feature is active in an example"
+    )
     label_coeffs: float | list[float] = Field(
         default=1.0,
         description="c of the labels y = x + ReLU(c ⊙ x): one number for every feature, or one "

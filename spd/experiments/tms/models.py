@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 import yaml
 from jaxtyping import Float
-from pydantic import NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -16,13 +16,19 @@ from spd.loading.targets import read_train_config
 
 
 class TMSModelConfig(StrictModel):
-    n_features: PositiveInt
-    n_hidden: PositiveInt
-    n_hidden_layers: NonNegativeInt = 0
-    # Initialisation of W when training from scratch. Xavier-normal, as in the original TMS work:
-    # with PyTorch's default (uniform ±1/√n_features) every seed we tried for 40-10 left features
-    # dead. The shipped 5-2 targets were trained with the default and record it.
-    init: Literal["xavier_normal", "torch_default"] = "xavier_normal"
+    """Shape of a TMS target."""
+
+    n_features: PositiveInt = Field(description="Input (and output) features")
+    n_hidden: PositiveInt = Field(description="Hidden dimension the features are squeezed into")
+    n_hidden_layers: NonNegativeInt = Field(
+        default=0, description="Frozen identity layers between linear1 and linear2 (the -id models)"
+    )
+    # Xavier-normal, as in the original TMS work: with PyTorch's default (uniform ±1/√n_features)
+    # every seed we tried for 40-10 left features dead. The shipped 5-2 targets were trained with
+    # the default and record it.
+    init: Literal["xavier_normal", "torch_default"] = Field(
+        default="xavier_normal", description="Initialisation of W when training from scratch"
+    )
 
 
 class _TransposeOf(nn.Module):

@@ -43,13 +43,17 @@ DEAD_FEATURE_NORM = 0.5
 class TMSTrainConfig(StrictModel):
     """How one TMS target is trained (one YAML file)."""
 
-    model: TMSModelConfig
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
-    steps: PositiveInt = 10_000
-    batch_size: PositiveInt = 1024
-    lr: PositiveFloat = 5e-3
-    weight_decay: float = 0.01
-    feature_probability: Probability = 0.05
+    model: TMSModelConfig = Field(description="The target's shape")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(
+        default=0, description="Seed of the initialisation and the data"
+    )
+    steps: PositiveInt = Field(default=10_000, description="Training steps")
+    batch_size: PositiveInt = Field(default=1024, description="Examples per step")
+    lr: PositiveFloat = Field(default=5e-3, description="AdamW learning rate")
+    weight_decay: float = Field(default=0.01, description="AdamW weight decay")
+    feature_probability: Probability = Field(
+        default=0.05, description="Chance that each feature is active in an example"
+    )
     retry_seeds: NonNegativeInt = Field(
         default=0,
         description="How many further seeds to try (seed+1, …) when a feature dies",
