@@ -25,7 +25,7 @@ from spd.loading.targets import load_target_model
 from spd.losses.terms import batch_loss
 from spd.models import components
 from spd.models.component_model import build_component_model
-from spd.models.scalar_mlp import ZERO_ROW_SKIP_MAX_LIVE
+from spd.models.scalar_mlp import rows_evaluated_alone
 
 EXPERIMENTS = ["tms_5-2", "tms_40-10", "resid_mlp1", "resid_mlp2", "resid_mlp3"]
 
@@ -57,11 +57,10 @@ def recorded_calls(experiment: str) -> list[tuple[torch.Tensor, ...]]:
 
 
 def evaluated_rows(x: torch.Tensor) -> int:
-    """The rows the kernel evaluates one by one: on the CPU the all-zero rows are skipped when
-    they are a large enough share (see `spd.models.scalar_mlp.scalar_mlp`)."""
+    """The rows the kernel evaluates one by one (`spd.models.scalar_mlp.rows_evaluated_alone`)."""
     flat = x.reshape(-1, x.shape[-1])
-    live = int((flat.abs().sum(-1) > 0).sum())
-    return live if live <= ZERO_ROW_SKIP_MAX_LIVE * flat.shape[0] else flat.shape[0]
+    live = rows_evaluated_alone(flat)
+    return flat.shape[0] if live is None else live.numel()
 
 
 def time_calls(calls: list[tuple[torch.Tensor, ...]], repeats: int) -> float:

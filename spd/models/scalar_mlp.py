@@ -146,14 +146,22 @@ def scalar_mlp(
     """
     lead, C = x.shape[:-1], x.shape[-1]
     flat = x.reshape(-1, C)
-    if flat.device.type == "cpu":
-        # Σ|x| is zero exactly for all-zero rows, and is the cheapest such reduction here.
-        live = flat.abs().sum(-1).nonzero().squeeze(-1)
-        if live.numel() <= ZERO_ROW_SKIP_MAX_LIVE * flat.shape[0]:
-            at_zero = (w2 * F.gelu(b1)).sum(-1) + b2  # (C,): the MLPs at x = 0
-            with torch.no_grad():
-                slope = (w2 * w1 * torch.ops.aten.gelu_backward(torch.ones_like(b1), b1)).sum(-1)
-            shared = at_zero + flat * slope
-            live_out = _apply(flat.index_select(0, live).T, w1, b1, w2, b2)
-            return shared.index_copy(0, live, live_out).reshape(*lead, C)
-    return _apply(flat.T, w1, b1, w2, b2).reshape(*lead, C)
+    live = rows_evaluated_alone(flat)
+    if live is None:
+        return _apply(flat.T, w1, b1, w2, b2).reshape(*lead, C)
+    at_zero = (w2 * F.gelu(b1)).sum(-1) + b2  # (C,): the MLPs at x = 0
+    with torch.no_grad():
+        slope = (w2 * w1 * torch.ops.aten.gelu_backward(torch.ones_like(b1), b1)).sum(-1)
+    shared = at_zero + flat * slope
+    live_out = _apply(flat.index_select(0, live).T, w1, b1, w2, b2)
+    return shared.index_copy(0, live, live_out).reshape(*lead, C)
+
+
+def rows_evaluated_alone(flat: Float[Tensor, "N C"]) -> Tensor | None:
+    """The indices of the rows `scalar_mlp` evaluates one by one when it skips the all-zero rows
+    (CPU, and those rows a large enough share), or None when it evaluates every row."""
+    if flat.device.type != "cpu":
+        return None
+    # Σ|x| is zero exactly for all-zero rows, and is the cheapest such reduction here.
+    live = flat.abs().sum(-1).nonzero().squeeze(-1)
+    return live if live.numel() <= ZERO_ROW_SKIP_MAX_LIVE * flat.shape[0] else None
