@@ -278,11 +278,69 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.list:
         print("\n".join(describe_experiments()))
-        return
-    if args.resume is not None:
+    elif args.resume is not None:
         resume(args)
+    else:
+        launch(args)
+
+
+def launch(args: argparse.Namespace) -> None:
+    """Validate every run of the launch, then run them here or submit them to SLURM."""
+    from spd.launch import slurm
+    from spd.launch.commands import run_command
+    from spd.launch.report import write_manifest
+
+    runs, launch_id = plan_launch(args)
+    if not args.local:
+        slurm.require_sbatch(len(runs))
+    # Everything is valid: from here on the launch has effects (snapshot, files, jobs).
+    create_snapshot = not args.local if args.create_snapshot is None else args.create_snapshot
+    tree, snapshot = source_tree(launch_id, create_snapshot)
+    no_progress = args.no_progress or not args.local or args.log_format == "terse"
+    # On SLURM each run gets a fixed directory, so a requeued task continues it by itself.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dirs = (
+        [None] * len(runs) if args.local else [run.out_dir / f"{stamp}-{run.name}" for run in runs]
+    )
+    commands = [
+        run_command(run, REPO_ROOT, tree, args.dp, no_progress, run_dir=run_dir)
+        for run, run_dir in zip(runs, run_dirs, strict=True)
+    ]
+    launch_dir = runs[0].out_dir
+    manifest = launch_manifest(launch_id, tree, snapshot, args.report_title, runs, commands)
+    write_manifest(launch_dir, manifest)
+    if args.log_format != "terse":
+        print(f"spd-run: launch {launch_id}: {len(runs)} run(s); outputs under {launch_dir}")
+        if snapshot is not None:
+            print(f"  code: {snapshot.branch} ({snapshot.commit[:10]}), checked out in {tree}")
+        for i, run in enumerate(runs):
+            print(f"  [{i}] {run.name}")
+    # A launch of several runs (several experiments, or a sweep) is there to compare them.
+    report_due = args.create_report if args.create_report is not None else len(runs) > 1
+    if args.local:
+        run_launch_here(args, runs, commands, tree, launch_dir, report_due)
         return
+    submit(args, runs, commands, tree, launch_dir, manifest, report_due)
+    if args.analyze:
+        analysis = analysis_job.submit_analysis(
+            manifest["slurm"]["job_id"],
+            f"spd-{args.job_suffix}" if args.job_suffix else "spd",
+            [run_dir for run_dir in run_dirs if run_dir is not None],
+            args.analyze_tokens,
+            tree,
+            args.cpu,
+        )
+        manifest["slurm"]["analysis_job_id"] = analysis
+        write_manifest(launch_dir, manifest)
+        print(f"spd-run: analysis job {analysis} runs spd-analyze on each run after the array")
+
+
+def plan_launch(args: argparse.Namespace) -> tuple[list["PlannedRun"], str]:
+    """The launch's runs (each config validated, sweeps expanded) and its id; nothing is written."""
+    from spd.experiments.run_decomposition import parse_override
+    from spd.launch.plan import LaunchSettings, new_launch_id, plan_runs
     from spd.launch.run_sources import config_sources, experiment_source
+    from spd.launch.sweeps import load_sweep
 
     if args.config is not None and args.experiments is not None:
         raise SPDUserError("give --experiments or --config, not both")
@@ -297,13 +355,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     check_options(args)
     analysis_job.check_arguments(args)
-    from spd.experiments.run_decomposition import parse_override
-    from spd.launch import slurm
-    from spd.launch.commands import run_command
-    from spd.launch.plan import LaunchSettings, new_launch_id, plan_runs
-    from spd.launch.report import build_report, write_manifest
-    from spd.launch.sweeps import load_sweep
-
     names = [source.name for source in experiments]
     sweep = load_sweep(args.sweep, names) if args.sweep is not None else None
     launch_id = new_launch_id(args.job_suffix)
@@ -315,34 +366,23 @@ def main(argv: list[str] | None = None) -> None:
         project=args.project,
     )
     user_overrides: dict[str, Any] = dict(parse_override(o) for o in args.override)
-    runs = plan_runs(experiments, user_overrides, sweep, settings)
-    if not args.local:
-        slurm.require_sbatch(len(runs))
-    # Everything is valid: from here on the launch has effects (snapshot, files, jobs).
-    create_snapshot = not args.local if args.create_snapshot is None else args.create_snapshot
-    tree, snapshot = source_tree(launch_id, create_snapshot)
-    no_progress = args.no_progress or not args.local or args.log_format == "terse"
-    # On SLURM each run gets a fixed directory, so a requeued task continues it by itself.
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    commands = [
-        run_command(
-            run,
-            REPO_ROOT,
-            tree,
-            args.dp,
-            no_progress,
-            run_dir=None if args.local else run.out_dir / f"{stamp}-{run.name}",
-        )
-        for run in runs
-    ]
-    launch_dir = runs[0].out_dir
-    # A launch of several runs (several experiments, or a sweep) is there to compare them.
-    report_due = args.create_report if args.create_report is not None else len(runs) > 1
-    manifest: dict[str, Any] = {
+    return plan_runs(experiments, user_overrides, sweep, settings), launch_id
+
+
+def launch_manifest(
+    launch_id: str,
+    tree: Path,
+    snapshot: "git_snapshot.Snapshot | None",
+    report_title: str | None,
+    runs: list["PlannedRun"],
+    commands: list[list[str]],
+) -> dict[str, Any]:
+    """What `launch.json` records: the code the runs use and each run's name, place and command."""
+    return {
         "launch_id": launch_id,
         "source_tree": str(tree),
         "snapshot": {"branch": snapshot.branch, "commit": snapshot.commit} if snapshot else None,
-        "report_title": args.report_title,
+        "report_title": report_title,
         "runs": [
             {
                 "index": i,
@@ -355,38 +395,27 @@ def main(argv: list[str] | None = None) -> None:
             for i, (r, c) in enumerate(zip(runs, commands, strict=True))
         ],
     }
-    write_manifest(launch_dir, manifest)
+
+
+def run_launch_here(
+    args: argparse.Namespace,
+    runs: list["PlannedRun"],
+    commands: list[list[str]],
+    tree: Path,
+    launch_dir: Path,
+    report_due: bool,
+) -> None:
+    """Run the launch on this machine; the report is written even when a run fails or stops."""
+    from spd.launch.report import build_report
+
     terse = args.log_format == "terse"
-    if not terse:
-        print(f"spd-run: launch {launch_id}: {len(runs)} run(s); outputs under {launch_dir}")
-        if snapshot is not None:
-            print(f"  code: {snapshot.branch} ({snapshot.commit[:10]}), checked out in {tree}")
-        for i, run in enumerate(runs):
-            print(f"  [{i}] {run.name}")
-    if args.local:
-        try:
-            code = run_locally(
-                runs, commands, tree, launch_dir / "logs" if terse else None, args.cpu
-            )
-        finally:
-            if report_due:
-                print(f"spd-run: report {build_report(launch_dir, args.report_title)}")
-        if code != 0:
-            raise SystemExit(code)
-        return
-    submit(args, runs, commands, tree, launch_dir, manifest, report_due)
-    if args.analyze:
-        analysis = analysis_job.submit_analysis(
-            manifest["slurm"]["job_id"],
-            f"spd-{args.job_suffix}" if args.job_suffix else "spd",
-            [run.out_dir / f"{stamp}-{run.name}" for run in runs],
-            args.analyze_tokens,
-            tree,
-            args.cpu,
-        )
-        manifest["slurm"]["analysis_job_id"] = analysis
-        write_manifest(launch_dir, manifest)
-        print(f"spd-run: analysis job {analysis} runs spd-analyze on each run after the array")
+    try:
+        code = run_locally(runs, commands, tree, launch_dir / "logs" if terse else None, args.cpu)
+    finally:
+        if report_due:
+            print(f"spd-run: report {build_report(launch_dir, args.report_title)}")
+    if code != 0:
+        raise SystemExit(code)
 
 
 def resume(args: argparse.Namespace) -> None:

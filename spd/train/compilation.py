@@ -73,10 +73,9 @@ OnRows = Callable[
 ]
 
 
-def compile_wanted(mode: CompileMode, device: torch.device) -> bool:
-    """Whether `mode` compiles on `device`: only `on`, for now (`auto` is eager on every device
-    until compilation is measured to pay on one; see the module doc)."""
-    del device  # the rule will depend on it once a device is measured to gain
+def compile_wanted(mode: CompileMode) -> bool:
+    """Whether `mode` compiles: only `on`, for now (`auto` is eager on every device until
+    compilation is measured to pay on one; see the module doc)."""
     return mode == "on"
 
 
@@ -127,7 +126,7 @@ class MicroStep:
         self.device = device
         self.compiled: OnRows | None = None
         self._first = True
-        if compile_wanted(mode, device):
+        if compile_wanted(mode):
             if device.type == "cuda":
                 self.compiled = torch.compile(
                     loss_on_rows, options={"fallback_random": True, "triton.cudagraphs": True}
