@@ -33,7 +33,7 @@ from spd.models.component_model import match_module_names
 from spd.persistence.atomic_files import atomic_write_text
 from spd.persistence.checkpoints import CHECKPOINT_GLOB, latest_checkpoint
 from spd.persistence.preemption import StopOnSignal, exit_preempted
-from spd.persistence.resume import check_run_directory, find_resume_point
+from spd.persistence.resume import ResumePoint, check_run_directory, find_resume_point
 from spd.persistence.run_dir import (
     CONFIG_FILE,
     RunDirectory,
@@ -150,6 +150,18 @@ def _checkpoint_note(run_dir: RunDirectory) -> str:
         return "no checkpoint had been written"
 
 
+@dataclass
+class _PreparedRun:
+    """What a run needs before its first step, every input already checked."""
+
+    device: torch.device
+    target: nn.Module
+    train_batches: Iterator[Tensor]
+    eval_batches: Iterator[Tensor]
+    point: ResumePoint | None
+    run_dir: RunDirectory | None  # None on data-parallel ranks other than 0
+
+
 def run_decomposition(
     config: Config,
     experiment: str,
@@ -167,85 +179,17 @@ def run_decomposition(
     either way the run directory gets a report.html at the end (also after a failure).
     Under `torchrun` every rank trains (see `spd.train.distributed`); only rank 0 writes the run directory.
     """
-    summary: dict[str, float] = {}
     with StopOnSignal() as stop:
         # --- data parallelism: the rank's GPU and process group; only rank 0 reports.
         device = distributed.device_for_rank(resolve_device(config.device))
         distributed.setup(device)
-        is_main = distributed.is_main_process()
         # --- end data parallelism
-        if is_main and resume is None:
-            # A wrong output root fails before the target is even loaded.
-            if run_dir_path is None:
-                check_writable_directory(output_root(config.out_dir), "output root")
-            else:
-                check_writable_directory(run_dir_path, "--run-dir")
-        target = load_target_model(config).to(device)
-        # Fail on bad patterns before a run directory exists for a run that cannot start.
-        match_module_names(target, config.target_module_patterns)
-        train_batches, eval_batches = make_data(config, target, device)
-        # Everything is checked before the first write into an existing run directory.
-        point = find_resume_point(resume, config) if resume is not None else None
-        # A batch that cannot fit fails here, with the estimate, not as a traceback mid-step.
-        check_memory(estimate_peak_memory(config, target, device), device, announce=is_main)
-        run_dir: RunDirectory | None = None
-        if is_main:
-            run_dir = (
-                point.run_dir
-                if point is not None
-                else _fresh_run_dir(config, experiment, run_dir_path)
-            )
-            run_dir.write_config(config)
-        tracking = (
-            wandb_tracking(config, run_dir, config.run_name or experiment)
-            if run_dir is not None
-            else nullcontext(())
-        )
+        run = _prepare(config, experiment, make_data, device, resume, run_dir_path)
         try:
-            with tracking as sinks:
-                if run_dir is not None:
-                    print(f"spd: {experiment} on {device}; results in {run_dir.path}", flush=True)
-                    if point is not None:
-                        print(f"spd: resuming at step {point.step} of {config.steps}", flush=True)
-                try:
-                    result = optimize(
-                        target,
-                        config,
-                        device,
-                        train_batches,
-                        eval_batches,
-                        run_dir=run_dir,
-                        sinks=sinks,
-                        show_progress=show_progress,
-                        resume_from=point.checkpoint if point is not None else None,
-                        should_stop=stop,
-                    )
-                    if run_dir is not None and result.stopped_at is None:
-                        summary = summarize(result)
-                        atomic_write_text(
-                            run_dir.path / "summary.json", json.dumps(summary, indent=2) + "\n"
-                        )
-                        for sink in (run_dir, *sinks):
-                            sink.log_metrics(
-                                config.steps, {f"final/{k}": v for k, v in summary.items()}
-                            )
-                except (FloatingPointError, SPDUserError) as err:
-                    # A non-finite loss, or e.g. a disk that filled up mid-run: the report is
-                    # attempted, but the line the user sees is this error and where to go on from.
-                    if run_dir is None:
-                        raise SPDUserError(str(err)) from None
-                    with suppress(SPDUserError):
-                        write_run_report(run_dir.path)
-                    raise SPDUserError(f"{err}; {_checkpoint_note(run_dir)}") from None
-                except BaseException:
-                    if run_dir is not None:
-                        with suppress(SPDUserError):
-                            write_run_report(run_dir.path)
-                    raise
-                if run_dir is not None:
-                    write_run_report(run_dir.path)
+            result, summary = _train(run, config, experiment, summarize, show_progress, stop)
         finally:
             distributed.teardown()
+    run_dir = run.run_dir
     if result.stopped_at is not None:
         reason = stop.received.name if stop.received is not None else "request"
         where = f"--resume {run_dir.path}" if run_dir is not None else "--resume"
@@ -257,3 +201,99 @@ def run_decomposition(
         for key, value in summary.items():
             print(f"  {key}: {value:.4f}")
     return DecompositionRun(run_dir=run_dir, result=result, summary=summary)
+
+
+def _prepare(
+    config: Config,
+    experiment: str,
+    make_data: DataFactory,
+    device: torch.device,
+    resume: Path | None,
+    run_dir_path: Path | None,
+) -> _PreparedRun:
+    """Target, data, resume point and (rank 0) run directory, in an order that checks every input
+    before the first write into a run directory."""
+    is_main = distributed.is_main_process()
+    if is_main and resume is None:
+        # A wrong output root fails before the target is even loaded.
+        if run_dir_path is None:
+            check_writable_directory(output_root(config.out_dir), "output root")
+        else:
+            check_writable_directory(run_dir_path, "--run-dir")
+    target = load_target_model(config).to(device)
+    # Fail on bad patterns before a run directory exists for a run that cannot start.
+    match_module_names(target, config.target_module_patterns)
+    train_batches, eval_batches = make_data(config, target, device)
+    point = find_resume_point(resume, config) if resume is not None else None
+    # A batch that cannot fit fails here, with the estimate, not as a traceback mid-step.
+    check_memory(estimate_peak_memory(config, target, device), device, announce=is_main)
+    run_dir: RunDirectory | None = None
+    if is_main:
+        run_dir = (
+            point.run_dir if point is not None else _fresh_run_dir(config, experiment, run_dir_path)
+        )
+        run_dir.write_config(config)
+    return _PreparedRun(device, target, train_batches, eval_batches, point, run_dir)
+
+
+def _train(
+    run: _PreparedRun,
+    config: Config,
+    experiment: str,
+    summarize: SummaryFn,
+    show_progress: bool,
+    stop: StopOnSignal,
+) -> tuple[OptimizeResult, dict[str, float]]:
+    """`optimize()` with tracking, then (rank 0, finished runs) the summary and the report.
+
+    The report is written after a failure too; a non-finite loss or a user error mid-run ends as
+    one line that says where to go on from.
+    """
+    run_dir, point = run.run_dir, run.point
+    tracking = (
+        wandb_tracking(config, run_dir, config.run_name or experiment)
+        if run_dir is not None
+        else nullcontext(())
+    )
+    summary: dict[str, float] = {}
+    with tracking as sinks:
+        if run_dir is not None:
+            print(f"spd: {experiment} on {run.device}; results in {run_dir.path}", flush=True)
+            if point is not None:
+                print(f"spd: resuming at step {point.step} of {config.steps}", flush=True)
+        try:
+            result = optimize(
+                run.target,
+                config,
+                run.device,
+                run.train_batches,
+                run.eval_batches,
+                run_dir=run_dir,
+                sinks=sinks,
+                show_progress=show_progress,
+                resume_from=point.checkpoint if point is not None else None,
+                should_stop=stop,
+            )
+            if run_dir is not None and result.stopped_at is None:
+                summary = summarize(result)
+                atomic_write_text(
+                    run_dir.path / "summary.json", json.dumps(summary, indent=2) + "\n"
+                )
+                for sink in (run_dir, *sinks):
+                    sink.log_metrics(config.steps, {f"final/{k}": v for k, v in summary.items()})
+        except (FloatingPointError, SPDUserError) as err:
+            # A non-finite loss, or e.g. a disk that filled up mid-run: the report is attempted,
+            # but the line the user sees is this error and where to go on from.
+            if run_dir is None:
+                raise SPDUserError(str(err)) from None
+            with suppress(SPDUserError):
+                write_run_report(run_dir.path)
+            raise SPDUserError(f"{err}; {_checkpoint_note(run_dir)}") from None
+        except BaseException:
+            if run_dir is not None:
+                with suppress(SPDUserError):
+                    write_run_report(run_dir.path)
+            raise
+        if run_dir is not None:
+            write_run_report(run_dir.path)
+    return result, summary
