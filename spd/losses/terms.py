@@ -152,6 +152,9 @@ class LossInputs:
     model: ComponentModel
     batch: Tensor
     target_out: Tensor
+    # The inputs of the decomposed layers that the target did not pass as a `LowRankStream`
+    # (those are never formed densely in a step; `ci` covers every layer). Embeddings are never
+    # streamed, so `embedding_recon_loss` finds its token ids here.
     pre_acts: Mapping[str, Tensor]
     ci: Mapping[str, Tensor]
     ci_upper: Mapping[str, Tensor]
