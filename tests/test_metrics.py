@@ -196,15 +196,21 @@ def test_dedicated_subcomponents(model: ComponentModel, config: Config) -> None:
     )
     fn = registry("metric")["dedicated_subcomponents"].fn
     # `/sole`: additionally no other subcomponent of the layer group is active on that feature.
+    # `/layers_per_feature`: every feature has some CI above 0.5 in its one layer.
     assert fn(ctx, layers=["linear1", "linear2"]) == {
         "dedicated_subcomponents/linear1": 3.0,
         "dedicated_subcomponents/linear1/sole": 3.0,
+        "dedicated_subcomponents/linear1/layers_per_feature": 1.0,
         "dedicated_subcomponents/linear2": 5.0,
         "dedicated_subcomponents/linear2/sole": 5.0,
+        "dedicated_subcomponents/linear2/layers_per_feature": 1.0,
     }
-    assert fn(ctx, layers=["linear2"]) == {
-        "dedicated_subcomponents/linear2": 5.0,
-        "dedicated_subcomponents/linear2/sole": 5.0,
+    # One pattern over both layers: every feature is served by both, with one dedicated
+    # subcomponent in linear2 but not in linear1 for features 3 and 4.
+    assert fn(ctx, layers=["linear*"]) == {
+        "dedicated_subcomponents/linear*": 3.0,
+        "dedicated_subcomponents/linear*/sole": 3.0,
+        "dedicated_subcomponents/linear*/layers_per_feature": 2.0,
     }
 
 

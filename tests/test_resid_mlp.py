@@ -14,14 +14,17 @@ from spd.config.loading import load_config
 from spd.errors import SPDUserError
 from spd.eval.ci_patterns import (
     dedicated,
+    dedicated_per_layer,
     dense_errors,
     group_by_patterns,
     identity_errors,
+    layers_by_patterns,
     n_axis_aligned,
     n_dense,
     n_live,
     n_with_one_dedicated,
     n_with_sole_dedicated,
+    serving_identity_errors,
 )
 from spd.eval.context import diagonal_permutation
 from spd.experiments.registry import EXPERIMENT_REGISTRY
@@ -192,8 +195,8 @@ def test_planted_identity_pattern_scores_perfect() -> None:
     # Small off-pattern noise within the tolerances must not change the verdict.
     noisy = perfect * 0.95 + 0.05 * (perfect == 0)
     for matrix in (perfect, noisy):
-        assert n_with_one_dedicated(matrix, on=0.5, off=0.1) == 100
-        assert n_with_sole_dedicated(matrix, on=0.5, off=0.1) == 100
+        assert n_with_one_dedicated([matrix], on=0.5, off=0.1) == 100
+        assert n_with_sole_dedicated([matrix], on=0.5, off=0.1) == 100
         assert identity_errors(matrix, diagonal_permutation(matrix), tolerance=0.1) == 0
     # The dedicated subcomponents are all different.
     assert dedicated(perfect).sum(0).max() == 1
@@ -201,7 +204,7 @@ def test_planted_identity_pattern_scores_perfect() -> None:
 
 def test_shuffled_identity_pattern_scores_bad() -> None:
     shuffled = _shuffle_entries(_perfect_identity(100, 130, seed=0), seed=1)
-    assert n_with_one_dedicated(shuffled) < 50
+    assert n_with_one_dedicated([shuffled]) < 50
     assert identity_errors(shuffled, diagonal_permutation(shuffled), tolerance=0.1) > 50
 
 
@@ -212,26 +215,53 @@ def test_dedicated_needs_exactly_one_and_quiet_elsewhere() -> None:
     matrix[2, 3] = 1.0  # feature 2: its subcomponent also fires (0.3) on feature 0 -> not dedicated
     matrix[0, 3] = 0.3
     assert dedicated(matrix).nonzero().tolist() == [[0, 0], [1, 1], [1, 2]]
-    assert n_with_one_dedicated(matrix) == 1
-    assert n_with_sole_dedicated(matrix) == 0  # feature 0 also switches on subcomponent 3
+    assert n_with_one_dedicated([matrix]) == 1
+    assert n_with_sole_dedicated([matrix]) == 0  # feature 0 also switches on subcomponent 3
 
 
 def test_layers_of_one_pattern_are_scored_together() -> None:
-    # Features 0-49 are served by layer 0, 50-99 by layer 1 (as in a 2-layer residual MLP).
+    # Each feature is served by one of the two layers (wherever its column fell).
     both = _perfect_identity(100, 200, seed=2)
     ci = {"layers.0.mlp_in": both[:, :100], "layers.1.mlp_in": both[:, 100:]}
     grouped = group_by_patterns(ci, ["layers.*.mlp_in"])["layers.*.mlp_in"]
     assert grouped.shape == (100, 200)
-    assert n_with_one_dedicated(grouped) == 100
+    split = layers_by_patterns(ci, ["layers.*.mlp_in"])["layers.*.mlp_in"]
+    assert n_with_one_dedicated(split) == 100
+    assert dedicated_per_layer(split).sum(1).tolist() == [1] * 100
     assert identity_errors(grouped, diagonal_permutation(grouped), tolerance=0.1) == 0
-    # A feature with a dedicated subcomponent in each layer has two, not one.
-    doubled = {"layers.0.mlp_in": both[:, :100], "layers.1.mlp_in": both[:, :100]}
-    assert (
-        n_with_one_dedicated(group_by_patterns(doubled, ["layers.*.mlp_in"])["layers.*.mlp_in"])
-        == 0
-    )
     with pytest.raises(SPDUserError, match=r"layers\.\*\.mlp_typo"):
-        group_by_patterns(ci, ["layers.*.mlp_typo"])
+        layers_by_patterns(ci, ["layers.*.mlp_typo"])
+
+
+def test_one_dedicated_subcomponent_in_each_serving_layer() -> None:
+    # Every feature served by both layers, one dedicated subcomponent in each (what resid_mlp2
+    # gives): each feature counts.
+    layer0, layer1 = _perfect_identity(100, 400, seed=4), _perfect_identity(100, 400, seed=5)
+    assert n_with_one_dedicated([layer0, layer1]) == 100
+    assert n_with_sole_dedicated([layer0, layer1]) == 100
+    assert dedicated_per_layer([layer0, layer1]).tolist() == [[1, 1]] * 100
+    assert serving_identity_errors([layer0, layer1]) == 0
+    # Scored as one matrix, the second layer's subcomponents are all off the identity.
+    side_by_side = torch.cat([layer0, layer1], 1)
+    assert identity_errors(side_by_side, diagonal_permutation(side_by_side), 0.1) == 100
+    # One layer serving every feature: the plain identity errors.
+    assert serving_identity_errors([_shuffle_entries(layer0, seed=6)]) == identity_errors(
+        _shuffle_entries(layer0, seed=6),
+        diagonal_permutation(_shuffle_entries(layer0, seed=6)),
+        0.1,
+    )
+    # Feature 0 gets a second dedicated subcomponent in layer 1; feature 1 none in either
+    # layer; feature 2 also switches on (0.3) a subcomponent that another feature uses.
+    layer1 = layer1.clone()
+    spare = int((layer1.sum(0) == 0).nonzero()[0])
+    layer1[0, spare] = 1.0
+    layer0[1] = 0.0
+    layer1[1] = 0.0
+    layer0[2, int(layer0[3].argmax())] = 0.3
+    assert n_with_one_dedicated([layer0, layer1]) == 97  # features 0, 1 and 3 (no longer quiet)
+    assert n_with_sole_dedicated([layer0, layer1]) == 96  # and feature 2
+    # Feature 0's extra entry, feature 1 served nowhere, feature 2's 0.3.
+    assert serving_identity_errors([layer0, layer1]) == 3
 
 
 def test_live_and_neuron_aligned_subcomponents() -> None:
@@ -322,6 +352,16 @@ def test_a_few_hundred_decomposition_steps_lower_the_loss(
     verdict = proc.stdout.strip().splitlines()[-1]
     assert verdict == f"spd: {summary['verdict']}"
     assert f"{int(summary['dedicated_mlp_in'])} of 100 features have exactly one" in verdict
+    # scripts/score_resid_mlp.py scores the saved decomposition as the run did.
+    rescored = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "score_resid_mlp.py"), str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert rescored.returncode == 0, rescored.stderr
+    assert json.loads(rescored.stdout) == {k: summary[k] for k in json.loads(rescored.stdout)}
     # The target's neurons that a one-hot input (0.75) switches on for ≥ 90 % of the features,
     # counted here from the shipped weights alone.
     target = ResidMLP.from_pretrained(RESID_MLP / "targets" / "resid_mlp1")

@@ -1,31 +1,32 @@
 """Scores of one-hot causal-importance matrices against the patterns the toy models should show.
 
 A CI matrix here has one row per input feature (the CI on that feature's one-hot input) and one
-column per subcomponent. Layers are grouped by fnmatch pattern and a group's matrices are put
-side by side, so a pattern like `layers.*.mlp_in` is scored as one matrix: in a multi-layer
-residual MLP a feature's dedicated subcomponent may sit in any layer, and the dense mlp_out
-component is spread over all of them.
+column per subcomponent. Layers are grouped by fnmatch pattern, so that a pattern like
+`layers.*.mlp_in` is scored over all the layers it matches: in a multi-layer residual MLP a
+feature may be served by any of them (each serving layer should give it one dedicated
+subcomponent), and the dense mlp_out component is spread over all of them.
 """
 
 import fnmatch
 from collections.abc import Mapping, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from spd.errors import SPDUserError
+from spd.eval.context import diagonal_permutation
 
 
-def group_by_patterns(
+def layers_by_patterns(
     ci: Mapping[str, Float[Tensor, "n_features C"]], patterns: Sequence[str]
-) -> dict[str, Float[Tensor, "n_features C_group"]]:
-    """For each pattern, the CI matrices of the layers it matches, concatenated along columns.
+) -> dict[str, list[Float[Tensor, "n_features C"]]]:
+    """For each pattern, the CI matrices of the layers it matches, in their order in `ci`.
 
-    Layers keep their order in `ci`. A pattern that matches no layer is a user error (it is
-    almost always a typo in a metric's parameters).
+    A pattern that matches no layer is a user error (it is almost always a typo in a metric's
+    parameters).
     """
-    groups: dict[str, Tensor] = {}
+    groups: dict[str, list[Tensor]] = {}
     for pattern in patterns:
         matched = [m for name, m in ci.items() if fnmatch.fnmatchcase(name, pattern)]
         if not matched:
@@ -33,8 +34,16 @@ def group_by_patterns(
                 f"metric parameter pattern '{pattern}' matches no decomposed layer; "
                 f"decomposed: {', '.join(ci)}"
             )
-        groups[pattern] = torch.cat(matched, dim=1)
+        groups[pattern] = matched
     return groups
+
+
+def group_by_patterns(
+    ci: Mapping[str, Float[Tensor, "n_features C"]], patterns: Sequence[str]
+) -> dict[str, Float[Tensor, "n_features C_group"]]:
+    """For each pattern, the CI matrices of the layers it matches, side by side (see
+    `layers_by_patterns`)."""
+    return {p: torch.cat(ms, dim=1) for p, ms in layers_by_patterns(ci, patterns).items()}
 
 
 def dedicated(
@@ -49,24 +58,53 @@ def dedicated(
     return (ci > on) & quiet_elsewhere[None, :]
 
 
+def dedicated_per_layer(
+    layers: Sequence[Float[Tensor, "n_features C"]], on: float = 0.5, off: float = 0.1
+) -> Int[Tensor, "n_features n_layers"]:
+    """How many dedicated subcomponents (see `dedicated`) each feature has in each layer."""
+    return torch.stack([dedicated(m, on, off).sum(1) for m in layers], 1)
+
+
+def serving_layers(
+    layers: Sequence[Float[Tensor, "n_features C"]], on: float = 0.5
+) -> Bool[Tensor, "n_features n_layers"]:
+    """serving[f, l]: some subcomponent of layer l has CI above `on` for feature f."""
+    return torch.stack([(m > on).any(1) for m in layers], 1)
+
+
+def _one_per_serving_layer(
+    layers: Sequence[Float[Tensor, "n_features C"]], on: float, off: float
+) -> Bool[Tensor, " n_features"]:
+    serving = serving_layers(layers, on)
+    counts = dedicated_per_layer(layers, on, off)
+    return serving.any(1) & (counts == serving.long()).all(1)
+
+
 def n_with_one_dedicated(
-    ci: Float[Tensor, "n_features C"], on: float = 0.5, off: float = 0.1
+    layers: Sequence[Float[Tensor, "n_features C"]], on: float = 0.5, off: float = 0.1
 ) -> int:
-    """Features with exactly one dedicated subcomponent (see `dedicated`)."""
-    return int((dedicated(ci, on, off).sum(1) == 1).sum())
+    """Features with exactly one dedicated subcomponent in each layer of `layers` that serves
+    them (`serving_layers`), served by at least one. With one layer: exactly one.
+
+    A feature that a multi-layer target computes in two layers needs its input read in both, so
+    the paper's pattern there is one dedicated subcomponent per feature in each of those layers.
+    """
+    return int(_one_per_serving_layer(layers, on, off).sum())
 
 
 def n_with_sole_dedicated(
-    ci: Float[Tensor, "n_features C"], on: float = 0.5, off: float = 0.1
+    layers: Sequence[Float[Tensor, "n_features C"]], on: float = 0.5, off: float = 0.1
 ) -> int:
-    """Features whose one dedicated subcomponent is also the only one with CI above `off`.
+    """Features counted by `n_with_one_dedicated` whose dedicated subcomponents are also the only
+    ones above `off` in `layers`.
 
-    Stricter than `n_with_one_dedicated`: a feature that also switches on a shared subcomponent
-    (as happens when the importance coefficient is too low) does not count.
+    Stricter: a feature that also switches on a shared subcomponent (as happens when the
+    importance coefficient is too low) does not count.
     """
-    one = dedicated(ci, on, off).sum(1) == 1
-    alone = (ci > off).sum(1) == 1
-    return int((one & alone).sum())
+    counts = dedicated_per_layer(layers, on, off)
+    above_off = torch.stack([(m > off).sum(1) for m in layers], 1)
+    alone = (above_off == counts).all(1)
+    return int((_one_per_serving_layer(layers, on, off) & alone).sum())
 
 
 def n_dense(ci: Float[Tensor, "n_features C"], on: float = 0.5, min_fraction: float = 0.9) -> int:
@@ -114,6 +152,26 @@ def identity_errors(ci: Float[Tensor, "n_features C"], order: list[int], toleran
     diag = min(n_features, C)
     expected[:diag, :diag] = torch.eye(diag, device=ci.device)
     return int(((ordered - expected).abs() > tolerance).sum())
+
+
+def serving_identity_errors(
+    layers: Sequence[Float[Tensor, "n_features C"]], on: float = 0.5, tolerance: float = 0.1
+) -> int:
+    """`identity_errors` of each layer over the features it serves (`serving_layers`), plus the
+    entries above `tolerance` of the features it does not serve, plus one per feature that no
+    layer serves (its missing diagonal entry).
+
+    So a feature computed in two layers may have its own subcomponent in each. With one layer
+    that serves every feature this is `identity_errors` of that layer.
+    """
+    serving = serving_layers(layers, on)
+    errors = int((~serving.any(1)).sum())
+    for matrix, serves in zip(layers, serving.T, strict=True):
+        served = matrix[serves]
+        if served.shape[0] > 0:
+            errors += identity_errors(served, diagonal_permutation(served), tolerance)
+        errors += int((matrix[~serves] > tolerance).sum())
+    return errors
 
 
 def dense_errors(ci: Float[Tensor, "n_features C"], k: int, tolerance: float) -> int:

@@ -11,12 +11,14 @@ from spd.errors import SPDUserError
 from spd.eval.ci_patterns import (
     dense_errors,
     group_by_patterns,
-    identity_errors,
+    layers_by_patterns,
     n_dense,
     n_with_one_dedicated,
     n_with_sole_dedicated,
+    serving_identity_errors,
+    serving_layers,
 )
-from spd.eval.context import EvalContext, diagonal_permutation
+from spd.eval.context import EvalContext
 from spd.models.component_model import ComponentModel
 
 
@@ -105,13 +107,15 @@ def identity_ci_error(
     `identity_layers` (fnmatch patterns): each feature should have its own subcomponent, so the
     permuted CI matrix should be the identity (zeros elsewhere). `dense_layers` maps a pattern to
     k: every feature should use the same k subcomponents (k columns of ones, zeros elsewhere).
-    All layers one pattern matches are scored as one matrix, their columns side by side (see
-    `spd.eval.ci_patterns`); results are keyed by pattern.
+    All layers one pattern matches are scored together, results keyed by pattern: for identity
+    patterns, each layer over the features it serves (CI > 0.5; a feature computed in two layers
+    may have its own subcomponent in each), for dense ones as one matrix with the layers' columns
+    side by side (see `spd.eval.ci_patterns`).
     """
     ci = ctx.one_hot_ci(input_value)
     results: dict[str, float] = {}
-    for pattern, matrix in group_by_patterns(ci, identity_layers or []).items():
-        errors = identity_errors(matrix, diagonal_permutation(matrix), tolerance)
+    for pattern, matrices in layers_by_patterns(ci, identity_layers or []).items():
+        errors = serving_identity_errors(matrices, tolerance=tolerance)
         results[f"identity_ci_error/{pattern}"] = float(errors)
     dense = dense_layers or {}
     for pattern, matrix in group_by_patterns(ci, list(dense)).items():
@@ -129,20 +133,28 @@ def dedicated_subcomponents(
     off: float = 0.1,
     input_value: float = 0.75,
 ) -> dict[str, float]:
-    """Features with exactly one dedicated subcomponent: CI > `on` for that feature, ≤ `off` for all others.
+    """Features with exactly one dedicated subcomponent (CI > `on` for that feature, ≤ `off` for
+    all others) in each layer that serves them (some CI > `on`).
 
-    `layers` (fnmatch patterns; default: every layer on its own): all layers one pattern matches
-    count together, so a feature of a multi-layer model has one dedicated subcomponent across
-    them. Also reports, as `…/sole`, the features whose dedicated subcomponent is the only one of
-    the group above `off`.
+    `layers` (fnmatch patterns; default: every layer on its own): the layers one pattern matches
+    are scored together, so a feature that a multi-layer model computes in two layers counts with
+    one dedicated subcomponent in each (a single layer: exactly one). Also reports, as `…/sole`,
+    the features whose dedicated subcomponents are the only ones of the group above `off`, and as
+    `…/layers_per_feature` the mean number of layers that serve a feature.
     """
     ci = ctx.one_hot_ci(input_value)
-    groups = group_by_patterns(ci, layers) if layers is not None else ci
+    groups = (
+        layers_by_patterns(ci, layers) if layers is not None else {k: [m] for k, m in ci.items()}
+    )
     results: dict[str, float] = {}
-    for key, matrix in groups.items():
-        results[f"dedicated_subcomponents/{key}"] = float(n_with_one_dedicated(matrix, on, off))
+    for key, matrices in groups.items():
+        results[f"dedicated_subcomponents/{key}"] = float(n_with_one_dedicated(matrices, on, off))
         results[f"dedicated_subcomponents/{key}/sole"] = float(
-            n_with_sole_dedicated(matrix, on, off)
+            n_with_sole_dedicated(matrices, on, off)
+        )
+        serving = serving_layers(matrices, on)
+        results[f"dedicated_subcomponents/{key}/layers_per_feature"] = float(
+            serving.sum(1).float().mean()
         )
     return results
 

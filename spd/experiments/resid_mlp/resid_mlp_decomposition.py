@@ -6,7 +6,8 @@
 At the end the CI pattern on one-hot inputs (value 0.75) is scored, printed, logged to
 metrics.jsonl (as `final/…`) and written to summary.json, followed by a one-line verdict: how
 many features have exactly one dedicated mlp_in subcomponent (CI > 0.5 on that feature's one-hot
-input and ≤ 0.1 on every other feature's; the mlp_in layers of all blocks counted together),
+input and ≤ 0.1 on every other feature's) in each layer that serves them (at most one in every
+block's mlp_in, at least one in some),
 how many mlp_out subcomponents (all blocks together) are causally important for nearly
 every feature, and how many are important for any feature at all, with how many of those read
 exactly one neuron, and how many of the target's neurons the one-hot inputs switch on nearly
@@ -27,15 +28,16 @@ from spd.errors import SPDUserError, run_cli
 from spd.eval.ci_patterns import (
     dense_errors,
     group_by_patterns,
-    identity_errors,
+    layers_by_patterns,
     live_columns,
     n_axis_aligned,
     n_dense,
     n_live,
     n_with_one_dedicated,
     n_with_sole_dedicated,
+    serving_identity_errors,
+    serving_layers,
 )
-from spd.eval.context import diagonal_permutation
 from spd.experiments.decompose import decompose_main
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.run_decomposition import DecompositionRun
@@ -99,8 +101,9 @@ def ci_pattern_scores(model: ComponentModel, config: Config) -> dict[str, float]
             torch.eye(n_features, device=device) * ONE_HOT_VALUE
         )
         ci, _ = model.causal_importances(pre_acts, config.sigmoid_type)
-    groups = group_by_patterns(ci, [MLP_IN, MLP_OUT])
-    mlp_in, mlp_out = groups[MLP_IN], groups[MLP_OUT]
+    mlp_out = group_by_patterns(ci, [MLP_OUT])[MLP_OUT]
+    mlp_in_layers = layers_by_patterns(ci, [MLP_IN])[MLP_IN]
+    serving = serving_layers(mlp_in_layers, CI_ON)
     neuron_aligned = sum(
         n_axis_aligned(comps.V, live_columns(ci[name], CI_OFF))
         for name, comps in model.components.items()
@@ -112,16 +115,16 @@ def ci_pattern_scores(model: ComponentModel, config: Config) -> dict[str, float]
     neurons = group_by_patterns(pre_acts, [MLP_OUT])[MLP_OUT]
     return {
         "n_features": float(n_features),
-        "dedicated_mlp_in": float(n_with_one_dedicated(mlp_in, CI_ON, CI_OFF)),
-        "dedicated_mlp_in_sole": float(n_with_sole_dedicated(mlp_in, CI_ON, CI_OFF)),
+        "dedicated_mlp_in": float(n_with_one_dedicated(mlp_in_layers, CI_ON, CI_OFF)),
+        "dedicated_mlp_in_sole": float(n_with_sole_dedicated(mlp_in_layers, CI_ON, CI_OFF)),
+        "dedicated_mlp_in_layers_per_feature": float(serving.sum(1).float().mean()),
+        "n_layers": float(target.config.n_layers),
         "dense_mlp_out": float(n_dense(mlp_out, CI_ON, DENSE_MIN_FRACTION)),
         "live_mlp_out": float(n_live(mlp_out, CI_OFF)),
         "neuron_aligned_mlp_out": float(neuron_aligned),
         "broadly_active_neurons": float(n_dense(neurons, 0.0, DENSE_MIN_FRACTION)),
         "total_d_mlp": float(total_d_mlp),
-        "identity_ci_error/mlp_in": float(
-            identity_errors(mlp_in, diagonal_permutation(mlp_in), CI_OFF)
-        ),
+        "identity_ci_error/mlp_in": float(serving_identity_errors(mlp_in_layers, CI_ON, CI_OFF)),
         "dense_ci_error/mlp_out": float(dense_errors(mlp_out, total_d_mlp, CI_OFF)),
     }
 
@@ -132,9 +135,15 @@ def verdict(scores: dict[str, float]) -> str:
     dense, d_mlp = int(scores["dense_mlp_out"]), int(scores["total_d_mlp"])
     live, aligned = int(scores["live_mlp_out"]), int(scores["neuron_aligned_mlp_out"])
     broad = int(scores["broadly_active_neurons"])
+    n_layers = int(scores["n_layers"])
+    per_layer, layers_used = "", ""
+    if n_layers > 1:
+        per_layer = " in each layer that serves it"
+        served = scores["dedicated_mlp_in_layers_per_feature"]
+        layers_used = f"; a feature is served by {served:.2f} of {n_layers} layers on average"
     return (
-        f"{dedicated} of {n} features have exactly one dedicated mlp_in subcomponent "
-        f"(CI > {CI_ON} on its one-hot input, ≤ {CI_OFF} on every other); "
+        f"{dedicated} of {n} features have exactly one dedicated mlp_in subcomponent{per_layer} "
+        f"(CI > {CI_ON} on its one-hot input, ≤ {CI_OFF} on every other){layers_used}; "
         f"{dense} mlp_out subcomponents are causally important (CI > {CI_ON}) for "
         f"≥ {DENSE_MIN_FRACTION:.0%} of features (expected: {d_mlp}); "
         f"{live} mlp_out subcomponents are important for some feature, "
