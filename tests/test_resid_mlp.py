@@ -35,6 +35,7 @@ from spd.experiments.resid_mlp.labels import (
 )
 from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
 from spd.experiments.resid_mlp.plots import (
+    matched_mlp_in_subcomponents,
     subcomponent_neuron_contributions,
     target_neuron_contributions,
 )
@@ -165,12 +166,21 @@ def test_neuron_contributions_add_up_over_an_exact_decomposition() -> None:
         )
         torch.testing.assert_close(target_neuron_contributions(model), by_hand)
         summed = torch.stack(
-            [subcomponent_neuron_contributions(model, [(0, c)] * 4) for c in range(3)]
+            [subcomponent_neuron_contributions(model, [[(0, c)]] * 4) for c in range(3)]
         ).sum(0)
         torch.testing.assert_close(summed, by_hand)
         # Subcomponent c only ever involves neuron c.
-        only_1 = subcomponent_neuron_contributions(model, [(0, 1)] * 4)
+        only_1 = subcomponent_neuron_contributions(model, [[(0, 1)]] * 4)
         torch.testing.assert_close(only_1[:, [0, 2]], torch.zeros(4, 2))
+
+
+def test_each_serving_layer_contributes_its_matched_subcomponent() -> None:
+    # Feature 0 is served by both layers, feature 1 by layer 1 only, feature 2 by neither (its
+    # strongest match, in layer 0, stands in).
+    layer0 = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.3, 0.0]])
+    layer1 = torch.tensor([[0.0, 0.0, 1.0], [0.8, 0.0, 0.0], [0.0, 0.1, 0.0]])
+    ci = {"layers.0.mlp_in": layer0, "layers.1.mlp_in": layer1}
+    assert matched_mlp_in_subcomponents(ci) == [[(0, 0), (1, 2)], [(1, 0)], [(0, 1)]]
 
 
 # ----- CI-pattern scores on planted patterns -----

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from spd.config.evaluators import register_figure
-from spd.eval.ci_patterns import group_by_patterns
+from spd.eval.ci_patterns import layers_by_patterns
 from spd.eval.context import EvalContext, diagonal_permutation
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.models.component_model import ComponentModel, DecomposedModule
@@ -54,36 +54,45 @@ def target_neuron_contributions(model: ComponentModel) -> Float[Tensor, "n_featu
 
 
 def subcomponent_neuron_contributions(
-    model: ComponentModel, matched: list[tuple[int, int]]
+    model: ComponentModel, matched: list[list[tuple[int, int]]]
 ) -> Float[Tensor, "n_features n_neurons"]:
-    """Row i: the neuron contributions to feature i with layer `matched[i][0]`'s mlp_in replaced
-    by its subcomponent `matched[i][1]`."""
+    """Row i: the neuron contributions to feature i with the mlp_in of each layer in `matched[i]`
+    replaced by that layer's subcomponent there (pairs (layer, subcomponent)); the other layers'
+    neurons are left at zero."""
     target = model.target
     assert isinstance(target, ResidMLP), "neuron contributions need a ResidMLP target"
     W_E, d_mlp = target.W_E, target.config.d_mlp
     out = torch.zeros(len(matched), target.config.n_layers * d_mlp, device=W_E.device)
-    for feature, (layer, c) in enumerate(matched):
-        comp = model.components[f"layers.{layer}.mlp_in"]
+    for feature, pairs in enumerate(matched):
         e = W_E[feature]
-        reads = (e @ comp.V[:, c]) * comp.U[c]  # (d_mlp,): W_in^c e_i, with W_in^c = (V_c U_c)ᵀ
-        writes = e @ _linear_weight(model, f"layers.{layer}.mlp_out")
-        out[feature, layer * d_mlp : (layer + 1) * d_mlp] = reads * writes
+        for layer, c in pairs:
+            comp = model.components[f"layers.{layer}.mlp_in"]
+            reads = (e @ comp.V[:, c]) * comp.U[c]  # (d_mlp,): W_in^c e_i, W_in^c = (V_c U_c)ᵀ
+            writes = e @ _linear_weight(model, f"layers.{layer}.mlp_out")
+            out[feature, layer * d_mlp : (layer + 1) * d_mlp] = reads * writes
     return out
 
 
 def matched_mlp_in_subcomponents(
-    model: ComponentModel, ci: dict[str, Float[Tensor, "n_features C"]]
-) -> list[tuple[int, int]]:
-    """For each feature, (layer, subcomponent) of the mlp_in subcomponent assigned to it.
+    ci: dict[str, Float[Tensor, "n_features C"]], on: float = 0.5
+) -> list[list[tuple[int, int]]]:
+    """For each feature, the (layer, subcomponent) pairs of the mlp_in subcomponents assigned to it.
 
-    The mlp_in CI matrices of all layers are put side by side and matched to the features by
-    linear-sum assignment, as in the permuted-CI plot.
+    Each layer's CI matrix is matched to the features by linear-sum assignment, as in the
+    permuted-CI plot. A feature keeps the match of every layer where that CI is above `on` (a
+    feature computed in two layers has one in each), or else its single strongest match.
     """
-    grouped = group_by_patterns(ci, [MLP_IN_PATTERN])[MLP_IN_PATTERN]
-    n_features = grouped.shape[0]
-    order = diagonal_permutation(grouped)[:n_features]
-    C = model.C
-    return [(col // C, col % C) for col in order]
+    layers = layers_by_patterns(ci, [MLP_IN_PATTERN])[MLP_IN_PATTERN]
+    n_features = layers[0].shape[0]
+    per_layer = [diagonal_permutation(m)[:n_features] for m in layers]
+    matched = []
+    for f in range(n_features):
+        strengths = [float(m[f, order[f]]) for m, order in zip(layers, per_layer, strict=True)]
+        chosen = [layer for layer, value in enumerate(strengths) if value > on]
+        if not chosen:
+            chosen = [max(range(len(layers)), key=strengths.__getitem__)]
+        matched.append([(layer, per_layer[layer][f]) for layer in chosen])
+    return matched
 
 
 @register_figure("resid_mlp_neuron_contributions")
@@ -98,7 +107,7 @@ def resid_mlp_neuron_contributions(
     d_mlp = resid_mlp.config.d_mlp
     with torch.no_grad():
         target = target_neuron_contributions(ctx.model).cpu().numpy()
-        matched = matched_mlp_in_subcomponents(ctx.model, ci)
+        matched = matched_mlp_in_subcomponents(ci)
         sub = subcomponent_neuron_contributions(ctx.model, matched).cpu().numpy()
     limit = float(max(np.abs(target).max(), np.abs(sub).max())) or 1.0
     n_shown = min(n_features_shown, target.shape[0])
@@ -118,7 +127,8 @@ def resid_mlp_neuron_contributions(
     for i in range(n_shown):
         ax = fig.add_subplot(grid[1, i])
         ax.bar(neurons - 0.2, target[i], width=0.4, label="target")
-        ax.bar(neurons + 0.2, sub[i], width=0.4, label=f"L{matched[i][0]} c{matched[i][1]}")
+        label = " + ".join(f"L{layer} c{c}" for layer, c in matched[i])
+        ax.bar(neurons + 0.2, sub[i], width=0.4, label=label)
         ax.set_title(f"feature {i}", fontsize=9)
         ax.set_xlabel("neuron", fontsize=8)
         ax.legend(fontsize=7, loc="upper right")
