@@ -254,12 +254,14 @@ def test_one_dedicated_subcomponent_in_each_serving_layer() -> None:
     # Scored as one matrix, the second layer's subcomponents are all off the identity.
     side_by_side = torch.cat([layer0, layer1], 1)
     assert identity_errors(side_by_side, diagonal_permutation(side_by_side), 0.1) == 100
-    # One layer serving every feature: the plain identity errors.
-    assert serving_identity_errors([_shuffle_entries(layer0, seed=6)]) == identity_errors(
-        _shuffle_entries(layer0, seed=6),
-        diagonal_permutation(_shuffle_entries(layer0, seed=6)),
-        0.1,
-    )
+    # One layer, whichever features it serves: the plain identity errors.
+    half_served = layer0.clone()
+    half_served[:50] *= 0.3  # features 0-49: CI 0.3, below `on`, on their subcomponent
+    for single in (_shuffle_entries(layer0, seed=6), half_served):
+        assert serving_identity_errors([single]) == identity_errors(
+            single, diagonal_permutation(single), 0.1
+        )
+    assert serving_identity_errors([half_served]) == 50
     # Feature 0 gets a second dedicated subcomponent in layer 1; feature 1 none in either
     # layer; feature 2 also switches on (0.3) a subcomponent that another feature uses.
     layer1 = layer1.clone()

@@ -158,19 +158,21 @@ def serving_identity_errors(
     layers: Sequence[Float[Tensor, "n_features C"]], on: float = 0.5, tolerance: float = 0.1
 ) -> int:
     """`identity_errors` of each layer over the features it serves (`serving_layers`), plus the
-    entries above `tolerance` of the features it does not serve, plus one per feature that no
-    layer serves (its missing diagonal entry).
+    entries above `tolerance` of the features it does not serve.
 
-    So a feature computed in two layers may have its own subcomponent in each. With one layer
-    that serves every feature this is `identity_errors` of that layer.
+    So a feature computed in two layers may have its own subcomponent in each. Features that no
+    layer serves are scored in the first layer's identity pattern (their missing diagonal entry
+    is an error); with one layer this is `identity_errors` of that layer.
     """
     serving = serving_layers(layers, on)
-    errors = int((~serving.any(1)).sum())
-    for matrix, serves in zip(layers, serving.T, strict=True):
-        served = matrix[serves]
-        if served.shape[0] > 0:
-            errors += identity_errors(served, diagonal_permutation(served), tolerance)
-        errors += int((matrix[~serves] > tolerance).sum())
+    unserved = ~serving.any(1)
+    errors = 0
+    for index, (matrix, serves) in enumerate(zip(layers, serving.T, strict=True)):
+        scored = serves | unserved if index == 0 else serves
+        rows = matrix[scored]
+        if rows.shape[0] > 0:
+            errors += identity_errors(rows, diagonal_permutation(rows), tolerance)
+        errors += int((matrix[~scored] > tolerance).sum())
     return errors
 
 
