@@ -12,9 +12,7 @@ import json
 
 from spd.errors import run_cli
 from spd.experiments.resid_mlp.resid_mlp_decomposition import ci_pattern_scores, verdict
-from spd.loading.run_paths import resolve_run_path
 from spd.models.component_model import ComponentModel
-from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
 
 
 def main() -> None:
@@ -24,15 +22,12 @@ def main() -> None:
     parser.add_argument("path", help="a resid_mlp run directory or a checkpoint inside one")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON only")
     args = parser.parse_args()
-    model = ComponentModel.from_pretrained(args.path)
-    resolved = resolve_run_path(args.path)
-    assert resolved is not None  # from_pretrained has checked the path
-    file = latest_checkpoint(resolved) if resolved.is_dir() else resolved
-    scores = ci_pattern_scores(model, checkpoint_config(read_checkpoint(file), file))
+    model, config = ComponentModel.from_pretrained_with_config(args.path)
+    scores = ci_pattern_scores(model, config)
     if args.json:
         print(json.dumps(scores, indent=2))
         return
-    print(f"{file}:")
+    print(f"{args.path}:")
     for key, value in scores.items():
         print(f"  {key}: {value:g}")
     print(verdict(scores))

@@ -73,10 +73,8 @@ def serving_layers(
 
 
 def _one_per_serving_layer(
-    layers: Sequence[Float[Tensor, "n_features C"]], on: float, off: float
+    counts: Int[Tensor, "n_features n_layers"], serving: Bool[Tensor, "n_features n_layers"]
 ) -> Bool[Tensor, " n_features"]:
-    serving = serving_layers(layers, on)
-    counts = dedicated_per_layer(layers, on, off)
     return serving.any(1) & (counts == serving.long()).all(1)
 
 
@@ -89,7 +87,8 @@ def n_with_one_dedicated(
     A feature that a multi-layer target computes in two layers needs its input read in both, so
     the paper's pattern there is one dedicated subcomponent per feature in each of those layers.
     """
-    return int(_one_per_serving_layer(layers, on, off).sum())
+    counts, serving = dedicated_per_layer(layers, on, off), serving_layers(layers, on)
+    return int(_one_per_serving_layer(counts, serving).sum())
 
 
 def n_with_sole_dedicated(
@@ -104,7 +103,7 @@ def n_with_sole_dedicated(
     counts = dedicated_per_layer(layers, on, off)
     above_off = torch.stack([(m > off).sum(1) for m in layers], 1)
     alone = (above_off == counts).all(1)
-    return int((_one_per_serving_layer(layers, on, off) & alone).sum())
+    return int((_one_per_serving_layer(counts, serving_layers(layers, on)) & alone).sum())
 
 
 def n_dense(ci: Float[Tensor, "n_features C"], on: float = 0.5, min_fraction: float = 0.9) -> int:

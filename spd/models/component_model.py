@@ -370,6 +370,11 @@ class ComponentModel(nn.Module):
 
         The target is rebuilt from the checkpoint's config; the model is returned in eval mode.
         """
+        return cls.from_pretrained_with_config(path)[0]
+
+    @classmethod
+    def from_pretrained_with_config(cls, path: str | Path) -> tuple["ComponentModel", Config]:
+        """`from_pretrained`, with the config the checkpoint was trained with."""
         resolved = resolve_run_path(path)
         if resolved is None:
             raise SPDUserError(f"no such run directory or checkpoint: {path}")
@@ -384,7 +389,7 @@ class ComponentModel(nn.Module):
                 f"{file} does not match its config's architecture: {err}".split("\n")[0]
             ) from None
         model.eval()
-        return model
+        return model, config
 
 
 def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
