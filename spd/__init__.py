@@ -1,9 +1,12 @@
 """Stochastic Parameter Decomposition (SPD).
 
-The path a run takes, one stage per subpackage, each importing only the stages before it:
-YAML → `config` → `loading` (the target) → `models` (ComponentModel) → `train` (optimize)
-→ `losses` → `eval` (metrics, figures) → `persistence` (run directory, checkpoints)
-→ `tracking` (W&B, reports); `experiments` and `launch` drive it from the command line.
+The package is split into stages, one subpackage each, from the bottom up: `errors`, `config`
+(the typed YAML config and the plug-in registries), `loading` (targets, run paths), `persistence`
+(run directories, checkpoints), `data`, `models` (`ComponentModel`, CI functions), `losses`,
+`eval` (metrics, figures), `train` (`optimize`), `tracking` (W&B, reports), `experiments` (tasks
+and their scripts), `analysis` (`spd-analyze`, `spd-browse`), `launch` (`spd-run`'s planning,
+SLURM and local runs) and `scripts` (the console scripts). A module imports only its own stage
+and the stages below it; `tests/test_import_layers.py` keeps it so (its `STAGES` is this list).
 
 The names users need most are available here: `spd.load_config`, `spd.Config`,
 `spd.load_target_model`, `spd.ComponentModel`, `spd.optimize`. They are imported on first use, so that `import spd` (and

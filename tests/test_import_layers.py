@@ -167,3 +167,13 @@ def test_the_parser_sees_function_level_and_type_checking_imports(tmp_path: Path
         source, {"spd.train.optimize", "spd.eval.metrics", "spd.eval"}, "spd.models.planted"
     )
     assert found == {"spd.train.optimize", "spd.eval.metrics"}
+
+
+def test_the_package_docstring_lists_the_stages_in_their_order() -> None:
+    # `spd/__init__.py` tells a reader the stage order; it must be this test's order.
+    doc = ast.get_docstring(ast.parse((SPD / "__init__.py").read_text())) or ""
+    names = [prefix.removeprefix("spd.") for (prefix, *_) in STAGES]
+    positions = [doc.find(f"`{name}`") for name in names]
+    missing = [name for name, pos in zip(names, positions, strict=True) if pos < 0]
+    assert not missing, f"spd/__init__.py does not name the stages {missing}"
+    assert positions == sorted(positions), "spd/__init__.py names the stages out of order"

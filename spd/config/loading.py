@@ -3,7 +3,7 @@
 import difflib
 import sys
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -12,7 +12,6 @@ from spd.config.original_format import looks_original, translate_original
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 
-_M = TypeVar("_M", bound=BaseModel)
 # (source, note) pairs already printed: a launcher validates each config more than once.
 _WARNED: set[tuple[str, str]] = set()
 
@@ -136,19 +135,6 @@ def read_text_file(path: Path, what: str = "config file") -> str:
         raise SPDUserError(
             f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML"
         ) from None
-
-
-def validated_update(model: _M, update: dict[str, Any], source: str) -> _M:
-    """A copy of `model` with `update` applied and validated again (`model_copy` would not check
-    it); a bad value is an `SPDUserError` naming `source`, e.g. the command-line option."""
-    try:
-        return type(model).model_validate({**model.model_dump(), **update})
-    except ValidationError as err:
-        problems = [
-            f"{source}: invalid value for '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}"
-            for e in err.errors()
-        ]
-        raise SPDUserError("; ".join(problems)) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
