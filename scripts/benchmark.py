@@ -78,17 +78,15 @@ def measure(
     from spd.config.schema import Config
     from spd.eval.evaluate import evaluate
     from spd.experiments.registry import get_experiment
+    from spd.experiments.tasks import get_task
     from spd.loading.targets import load_target_model
     from spd.train.optimize import optimize
 
     spec = get_experiment(experiment)
     full = load_config(spec.config_path)
-    if spec.task_name == "lm":
-        from spd.experiments.lm.sources import resolve_sources
-
-        full = resolve_sources(full)
-    sys.path.insert(0, str(spec.decomp_script.parent))
-    make_data = __import__(spec.decomp_script.stem).make_data
+    task = get_task(full.task_config.task_name)
+    if task.prepare is not None:
+        full = task.prepare(full)
     update: dict[str, Any] = {
         "steps": steps,
         "eval_freq": 10**9,
@@ -102,7 +100,7 @@ def measure(
     config = full.model_copy(update=update)
     device = resolve_device(device_name)
     target = load_target_model(config)
-    train, evals = make_data(config, target, device)
+    train, evals = _task_data(task, config, target, device)
     stamps: list[float] = []
 
     def finished() -> float:
@@ -133,8 +131,10 @@ def measure(
     n_fast = full.steps // full.eval_freq + 1
     n_slow = full.steps // full.slow_eval_freq + 1
     full_run = full.steps / train_rate + n_fast * fast_eval + n_slow * slow_eval
-    # A language model's batch is counted in sequences; its rows are this many tokens long.
-    seq_len = next(train).shape[1] if spec.task_name == "lm" else None
+    # A language model's batch (of token ids) is counted in sequences; its rows are this many
+    # tokens long.
+    batch = next(train)
+    seq_len = None if batch.is_floating_point() else batch.shape[1]
     return {
         "spd_file": spd.__file__,
         "batch_size": full.batch_size,
@@ -241,20 +241,33 @@ def run_child(
     return figures
 
 
+def _task_data(
+    task: Any, config: Any, target: torch.nn.Module, device: torch.device
+) -> tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]:
+    """The task's train and eval streams; a tree from before the rank split (no
+    `spd.train.data_shard`) has `make_data(config, target, device)`."""
+    try:
+        from spd.train.data_shard import data_shard
+    except ImportError:
+        return task.make_data(config, target, device)
+    return task.make_data(config, target, device, data_shard(config))
+
+
 def check_experiments(names: list[str], out_root: Path) -> None:
     """Fail before measuring anything on an unknown experiment or a missing language-model
     example or hub resource (each is one `SPDUserError`)."""
     from spd.config.loading import load_config
     from spd.errors import SPDUserError
-    from spd.experiments.lm.sources import resolve_sources
     from spd.experiments.registry import get_experiment
+    from spd.experiments.tasks import get_task
 
     os.environ["SPD_OUT_DIR"] = str(out_root)
     for name in names:
-        spec = get_experiment(name)
-        if spec.task_name == "lm":
+        config = load_config(get_experiment(name).config_path)
+        task = get_task(config.task_config.task_name)
+        if task.prepare is not None:
             try:
-                resolve_sources(load_config(spec.config_path))
+                task.prepare(config)
             except SPDUserError as err:
                 others = ",".join(n for n in names if n != name) or "tms_5-2"
                 raise SPDUserError(

@@ -4,8 +4,8 @@ the step time of the exact method on this machine.
     python scripts/benchmark_ci_kernel.py [--experiments tms_40-10,resid_mlp3] [--repeats 3]
 
 For each experiment it builds the component model from the registered config, runs one
-training-step loss (`spd.losses.terms.batch_loss`) on one batch of its own data while recording
-every call of the fused CI kernel (`spd.models.scalar_mlp.scalar_mlp`, `gate_type: mlp` with one
+training-step loss (`spd.losses.batch.batch_loss`) on one batch of its own data while recording
+every call of the fused CI kernel (`spd.models.scalar_mlp.scalar_mlp`, `ci_fn_type: mlp` with one
 hidden layer) with its inputs, then times those calls' forward and backward passes again, alone
 (the best of `--repeats`). Their sum is what the CI functions cost per step with every (row,
 subcomponent, hidden unit) evaluated once, the all-zero rows once per layer; no faster step is
@@ -14,18 +14,20 @@ kernel, the number of GELU evaluations, the time per step and the steps/s that t
 """
 
 import argparse
-import sys
 import time
 
 import torch
 
 from spd.config.loading import load_config
 from spd.experiments.registry import get_experiment
+from spd.experiments.tasks import get_task
 from spd.loading.targets import load_target_model
-from spd.losses.terms import batch_loss
-from spd.models import components
+from spd.losses.batch import batch_loss
+from spd.losses.terms.importance_minimality import importance_params
+from spd.models.ci_fns import mlp as mlp_ci_fn
 from spd.models.component_model import build_component_model
 from spd.models.scalar_mlp import rows_evaluated_alone
+from spd.train.data_shard import data_shard
 
 EXPERIMENTS = ["tms_5-2", "tms_40-10", "resid_mlp1", "resid_mlp2", "resid_mlp3"]
 
@@ -34,25 +36,24 @@ def recorded_calls(experiment: str) -> list[tuple[torch.Tensor, ...]]:
     """The inputs of every CI-kernel call in one training-step loss of `experiment` (CPU)."""
     spec = get_experiment(experiment)
     config = load_config(spec.config_path)
-    sys.path.insert(0, str(spec.decomp_script.parent))
-    make_data = __import__(spec.decomp_script.stem).make_data
+    task = get_task(config.task_config.task_name)
     target = load_target_model(config)
-    train, _ = make_data(config, target, torch.device("cpu"))
+    train, _ = task.make_data(config, target, torch.device("cpu"), data_shard(config))
     torch.manual_seed(config.seed)
     model = build_component_model(target, config)
     model.init_components_from_target(config.seed)
     calls: list[tuple[torch.Tensor, ...]] = []
-    kernel = components.scalar_mlp
+    kernel = mlp_ci_fn.scalar_mlp
 
     def recording(*args: torch.Tensor) -> torch.Tensor:
         calls.append(tuple(a.detach() for a in args))
         return kernel(*args)
 
-    components.scalar_mlp = recording
+    mlp_ci_fn.scalar_mlp = recording
     try:
-        batch_loss(model, next(train), config, config.pnorm)
+        batch_loss(model, next(train), config, importance_params(config).pnorm)
     finally:
-        components.scalar_mlp = kernel
+        mlp_ci_fn.scalar_mlp = kernel
     return calls
 
 
@@ -69,7 +70,7 @@ def time_calls(calls: list[tuple[torch.Tensor, ...]], repeats: int) -> float:
 
     def once() -> None:
         for args in inputs:
-            components.scalar_mlp(*args).sum().backward()
+            mlp_ci_fn.scalar_mlp(*args).sum().backward()
 
     once()  # warm-up: allocator, kept buffers
     best = float("inf")

@@ -44,10 +44,11 @@ def measure(experiment: str, steps: int, eval_every: int) -> dict[str, float | l
     """Inside the child process: run `steps` steps of the experiment and time/sample each one."""
     from spd.config.loading import load_config
     from spd.eval.evaluate import evaluate
-    from spd.experiments.lm.lm_decomposition import make_data
     from spd.experiments.lm.sources import resolve_sources
+    from spd.experiments.lm.task import make_data
     from spd.experiments.registry import get_experiment
     from spd.loading.targets import load_target_model
+    from spd.train.data_shard import data_shard
     from spd.train.optimize import optimize
 
     full = resolve_sources(load_config(get_experiment(experiment).config_path))
@@ -62,7 +63,7 @@ def measure(experiment: str, steps: int, eval_every: int) -> dict[str, float | l
     )
     device = torch.device("cpu")
     target = load_target_model(config)
-    train, evals = make_data(config, target, device)
+    train, evals = make_data(config, target, device, data_shard(config))
     stamps: list[float] = [time.perf_counter()]
     anon: list[float] = []
     file: list[float] = []

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from spd.eval.ci_patterns import live_columns, nearest_axes
 from spd.experiments.resid_mlp.models import ResidMLP
-from spd.experiments.resid_mlp.resid_mlp_decomposition import CI_OFF, CI_ON, ONE_HOT_VALUE
+from spd.experiments.resid_mlp.scores import CI_OFF, CI_ON, ONE_HOT_VALUE
 from spd.models.component_model import ComponentModel
 
 EFFECT_THRESHOLDS = (0.01, 0.03, 0.05, 0.08)

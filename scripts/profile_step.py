@@ -10,7 +10,6 @@ with one thread (OMP_NUM_THREADS=1) its inverse estimates the steps/s of an idle
 """
 
 import argparse
-import sys
 import tempfile
 import time
 
@@ -20,7 +19,9 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from spd.config.loading import load_config
 from spd.experiments.registry import get_experiment
 from spd.experiments.run_decomposition import parse_override
+from spd.experiments.tasks import get_task
 from spd.loading.targets import load_target_model
+from spd.train.data_shard import data_shard
 from spd.train.optimize import optimize
 
 WAIT, WARMUP = 1, 2
@@ -43,11 +44,12 @@ def main() -> None:
     )
     overrides["slow_eval_on_first_step"] = False
     config = load_config(spec.config_path, overrides)
-    sys.path.insert(0, str(spec.decomp_script.parent))
-    make_data = __import__(spec.decomp_script.stem).make_data
+    task = get_task(config.task_config.task_name)
+    if task.prepare is not None:
+        config = task.prepare(config)
     device = torch.device("cpu")
     target = load_target_model(config)
-    train, evals = make_data(config, target, device)
+    train, evals = task.make_data(config, target, device, data_shard(config))
     stamps: dict[int, float] = {}
     cpu_stamps: dict[int, float] = {}
     with (

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from spd.errors import run_cli
-from spd.experiments.resid_mlp.resid_mlp_decomposition import ci_pattern_scores, verdict
+from spd.experiments.resid_mlp.scores import ci_pattern_scores, verdict
 from spd.models.component_model import ComponentModel
 
 

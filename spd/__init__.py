@@ -4,7 +4,7 @@ The package is split into stages, one subpackage each, from the bottom up: `erro
 (the typed YAML config and the plug-in registries), `loading` (targets, run paths), `persistence`
 (run directories, checkpoints), `data`, `models` (`ComponentModel`, CI functions), `losses`,
 `eval` (metrics, figures), `train` (`optimize`), `tracking` (W&B, reports), `experiments` (tasks
-and their scripts), `analysis` (`spd-analyze`, `spd-browse`), `launch` (`spd-run`'s planning,
+and their scripts), `analysis` (`spd-analyze`, `spd-browse`), `app` (`spd-app`), `launch` (`spd-run`'s planning,
 SLURM and local runs) and `scripts` (the console scripts). A module imports only its own stage
 and the stages below it; `tests/test_import_layers.py` keeps it so (its `STAGES` is this list).
 

@@ -18,8 +18,8 @@ from spd.data.lm_data import load_tokenizer
 from spd.experiments.lm.make_offline_example import TEXT_COLUMN, build_example
 from spd.experiments.lm.sources import EXAMPLE_DIRNAME
 from spd.loading.targets import load_target_model
+from spd.models.ci_fns.mlp import MLPCIFn
 from spd.models.component_model import ComponentModel
-from spd.models.components import MLPGates
 from spd.persistence.checkpoints import save_checkpoint
 from spd.persistence.run_dir import CONFIG_FILE, RunDirectory, save_config
 from tests.tiny_lm import SEQ_LEN, TINY
@@ -61,7 +61,7 @@ def planted_run(example: Path, run_path: Path, patterns: list[str] | None = None
         {
             "C": C,
             "target_module_patterns": ["model.embed_tokens", *(patterns or [])],
-            "gate_hidden_dims": [1],
+            "ci_fn_hidden_dims": [1],
             "steps": 1,
             "batch_size": 4,
             "eval_batch_size": 4,
@@ -82,14 +82,14 @@ def planted_run(example: Path, run_path: Path, patterns: list[str] | None = None
         load_target_model(config),
         config.target_module_patterns,
         C=C,
-        gate_hidden_dims=[1],
+        ci_fn_hidden_dims=[1],
         output_attr="logits",
     )
     model.init_components_from_target(0)
     planted, other = _token_id(tokenizer, PLANTED_TEXT), _token_id(tokenizer, OTHER_TEXT)
     comp = model.components["model.embed_tokens"]
-    gate = model.gate("model.embed_tokens")
-    assert isinstance(gate, MLPGates)
+    ci_fn = model.ci_fn("model.embed_tokens")
+    assert isinstance(ci_fn, MLPCIFn)
     with torch.no_grad():
         # Inner activation V[token, c] is 1 on the chosen token and 0 elsewhere; the CI function
         # maps 0 to a raw CI of -2 (CI 0 after the hard sigmoid) and 1 to about 1.4 (CI 1).
@@ -97,10 +97,10 @@ def planted_run(example: Path, run_path: Path, patterns: list[str] | None = None
         comp._V[planted, PLANTED] = 1.0
         comp._V[planted, TWIN] = 1.0
         comp._V[other, OTHER] = 1.0
-        gate.weights[0].fill_(1.0)
-        gate.biases[0].zero_()
-        gate.weights[1].fill_(4.0)
-        gate.biases[1].fill_(-2.0)
+        ci_fn.weights[0].fill_(1.0)
+        ci_fn.biases[0].zero_()
+        ci_fn.weights[1].fill_(4.0)
+        ci_fn.biases[1].fill_(-2.0)
     directory = RunDirectory(run_path)
     run_path.mkdir(parents=True)
     save_config(config, run_path / CONFIG_FILE)

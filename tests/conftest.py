@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import torch
 
+from spd.config import loading
 from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.experiments.tms.models import TMSModel
@@ -65,3 +66,10 @@ def tms_target() -> TargetFactory:
         return TMSModel.from_pretrained(TMS_TARGETS / name)
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def _warnings_print_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `warn_once` prints each warning once per process; a test that counts warning lines must not
+    # depend on which test of the same worker read the same file before it.
+    monkeypatch.setattr(loading, "_WARNED", set())

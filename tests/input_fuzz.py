@@ -10,16 +10,27 @@ file, or a command line, in a way no valid input looks like. The kinds of mutati
 - file content: truncated before the required keys, binary / not UTF-8, NUL bytes, not a
   mapping, nested too deeply, a directory instead of a file;
 - command lines of the decomposition scripts, spd-run, spd-report, spd-analyze, spd-browse,
-  spd-config and the training scripts.
+  spd-config and the training scripts, every numeric option out of its range;
+- files inside a run directory (checkpoint, analysis state, metrics, final config) damaged in
+  each way above, planted with a payload, or replaced by a directory (`run_dir_cases`, from a
+  real run's files);
+- language-model data files, tokenizer and model directories (`lm_file_cases`);
+- environment variables (`environment_cases`);
+- concurrency: a run directory whose lock another process holds (`FuzzCase.locked`).
+
+A case is `expect="error"` (exit 2, one line) unless a reader is meant to go on past the damage
+(`expect="tolerated"`: exit 0 or 2, only `spd:` lines on stderr, no traceback).
 """
 
+import io
 import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel
 
@@ -51,7 +62,7 @@ REQUIRED_KEYS = ("C", "target_module_patterns", "pretrained_model_class", "task_
 # Text fields with a fixed vocabulary (any other text is wrong).
 VOCABULARY_KEYS = (
     "device",
-    "gate_type",
+    "ci_fn_type",
     "sigmoid_type",
     "lr_schedule",
     "output_loss_type",
@@ -75,6 +86,8 @@ class FuzzCase:
     argv: list[str]
     files: dict[str, bytes] = field(default_factory=dict)  # name in the case dir -> content
     env: dict[str, str] = field(default_factory=dict)
+    expect: Literal["error", "tolerated"] = "error"
+    locked: str | None = None  # a directory in the case dir whose lock the runner holds
 
 
 def shipped_configs() -> list[Path]:
@@ -505,15 +518,278 @@ def argument_cases(rng: random.Random) -> Iterator[FuzzCase]:
     _ = rng  # the argument cases are a fixed list; kept in the signature for symmetry
 
 
+# --- files inside a run directory, LM files, environment variables, concurrency
+
+# A payload: unpickling it would create this file in the case directory (the runner's cwd).
+PAYLOAD_MARKER = "payload_ran"
+ALIAS_BOMB = b"a: &a [1,1,1,1,1,1,1,1,1,1]\n" + b"".join(
+    f"a{i}: &a{i} [{','.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n".encode()
+    for i in range(1, 7)
+)
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (PAYLOAD_MARKER, "w")
+
+
+def torch_payload() -> bytes:
+    """A torch file whose unpickling would run code (create PAYLOAD_MARKER)."""
+    buffer = io.BytesIO()
+    torch.save({"step": 1, "config": {}, "decomposition": {}, "x": _Payload()}, buffer)
+    return buffer.getvalue()
+
+
+def non_finite_checkpoint(content: bytes) -> bytes:
+    """The checkpoint `content` with every floating tensor of its decomposition set to NaN."""
+    data = torch.load(io.BytesIO(content), weights_only=True)
+    for tensors in data["decomposition"].values():
+        for tensor in tensors.values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    return buffer.getvalue()
+
+
+def _damaged(
+    name: str, content: bytes, rng: random.Random, cut_before: int
+) -> list[tuple[str, dict[str, bytes]]]:
+    """(kind, files) variants of one file, each unusable: cut short, overwritten, emptied,
+    replaced by a directory or planted with a payload. `cut_before`: a cut is made before it."""
+    start = bytes(rng.randrange(256) for _ in range(16))
+    variants: list[tuple[str, bytes]] = [
+        (f"cut at byte {(cut := rng.randrange(max(1, cut_before)))}", content[:cut]),
+        ("empty", b""),
+        ("binary", bytes(rng.randrange(256) for _ in range(300))),
+        ("first bytes overwritten", start + content[16:]),
+    ]
+    if name.endswith(".pth") or name.endswith(".pt"):
+        variants.append(("pickle payload", torch_payload()))
+    else:
+        payload = f"!!python/object/apply:builtins.open ['{PAYLOAD_MARKER}', 'w']\n"
+        variants += [
+            ("python tag payload", payload.encode()),
+            ("alias bomb", ALIAS_BOMB),
+            ("NUL byte", content + b"\x00"),
+            ("not a mapping", b"- 1\n"),
+        ]
+    out = [(kind, {name: data}) for kind, data in variants]
+    out.append(("a directory", {f"{name}/inside": b"x"}))
+    return out
+
+
+def run_dir_cases(rng: random.Random, template: dict[str, bytes]) -> Iterator[FuzzCase]:
+    """Damage every file of a real run directory (`template`: name under 'run/' -> content)."""
+    run = f"{CASE_DIR}/run"
+    resume = ["--resume", run, "--override", "steps=4"]
+    # Only the newest checkpoint: with an older good one, a resume rightly goes on from that.
+    *older, newest = sorted(n for n in template if n.startswith("run/checkpoints/"))
+    template = {k: v for k, v in template.items() if k not in older}
+    checkpoints = [newest]
+    config = "run/final_config.yaml"
+    config_text = template[config]
+    for name in [*checkpoints, config]:
+        cut = len(template[name]) if name != config else config_text.index(b"task_config")
+        variants = _damaged(name, template[name], rng, cut)
+        if name in checkpoints:
+            variants.append(("non-finite weights", {name: non_finite_checkpoint(template[name])}))
+        for kind, changed in variants:
+            files = {**template, **changed}
+            if f"{name}/inside" in changed:
+                files.pop(name)
+            label = f"{name.removeprefix('run/')}: {kind}"
+            yield FuzzCase(f"run dir, resume: {label}", "tms", resume, files)
+            yield FuzzCase(f"run dir, spd-analyze: {label}", "spd-analyze", [run], files)
+            yield FuzzCase(
+                f"run dir, spd-report: {label}", "spd-report", [run], files, expect="tolerated"
+            )
+    state = "run/analysis/state.pt"
+    base_state = io.BytesIO()
+    torch.save({"source": {}, "accumulator": {"settings": {}}}, base_state)
+    for kind, changed in _damaged(state, base_state.getvalue(), rng, len(base_state.getvalue())):
+        files = {**template, **changed}
+        yield FuzzCase(f"run dir, spd-analyze: state.pt: {kind}", "spd-analyze", [run], files)
+    yield from run_dir_reader_cases(rng, template)
+
+
+def run_dir_reader_cases(rng: random.Random, template: dict[str, bytes]) -> Iterator[FuzzCase]:
+    """Damaged metrics (spd-report goes on past them), --out into the run, and a held lock."""
+    run = f"{CASE_DIR}/run"
+    resume = ["--resume", run, "--override", "steps=4"]
+    metrics = "run/metrics.jsonl"
+    lines = template[metrics].splitlines(keepends=True)
+    middle = rng.randrange(len(lines))
+    for kind, text in (
+        ("a cut line in the middle", lines[middle][: len(lines[middle]) // 2] + b"\n"),
+        ("a JSON list in the middle", b"[1, 2]\n"),
+        ("a row without a step", b'{"train/loss": 1.0}\n'),
+        ("binary in the middle", bytes(rng.randrange(256) for _ in range(40)) + b"\n"),
+    ):
+        damaged = b"".join([*lines[:middle], text, *lines[middle + 1 :]])
+        files = {**template, metrics: damaged}
+        yield FuzzCase(
+            f"run dir, spd-report: metrics: {kind}", "spd-report", [run], files, expect="tolerated"
+        )
+    for out, what in ((f"{run}/metrics.jsonl", "the run's metrics"), (f"{run}/x.html", "a page")):
+        yield FuzzCase(
+            f"spd-report: --out is {what} inside the run",
+            "spd-report",
+            [run, "--out", out],
+            template,
+        )
+    # Concurrency: another process holds the run's lock (a run still training it).
+    yield FuzzCase(
+        "run dir: resume while another process trains it", "tms", resume, template, locked="run"
+    )
+    yield FuzzCase(
+        "run dir: --run-dir another process holds",
+        "tms",
+        [str(BASE_CONFIGS["tms"]), "--run-dir", f"{CASE_DIR}/held"],
+        {"held/.keep": b""},
+        locked="held",
+    )
+
+
+LM_MODEL_CONFIG = {
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "vocab_size": 64,
+    "n_embd": 8,
+    "n_layer": 1,
+    "n_head": 2,
+    "n_positions": 16,
+}
+
+
+def _lm_config(top: dict[str, Any] | None = None, **task: Any) -> bytes:
+    base = yaml.safe_load(BASE_CONFIGS["tms"].read_text())
+    for key in ("pretrained_model_path", "task_config", "tied_weights", "metrics", "figures"):
+        base.pop(key, None)
+    return _dump(
+        {
+            **base,
+            "target_module_patterns": ["transformer.h.0.mlp.c_fc"],
+            "output_loss_type": "kl",
+            "pretrained_model_class": "transformers.GPT2LMHeadModel",
+            "pretrained_model_name_hf": f"{CASE_DIR}/model",
+            "pretrained_model_output_attr": "logits",
+            "task_config": {
+                "task_name": "lm",
+                "dataset_name": f"{CASE_DIR}/data",
+                "text_column": "story",
+                "max_seq_len": 16,
+                "tokenizer_name": f"{CASE_DIR}/tokenizer",
+                **task,
+            },
+            **(top or {}),
+        }
+    )
+
+
+def lm_file_cases(rng: random.Random) -> Iterator[FuzzCase]:
+    """Language-model runs whose data, tokenizer or model directory is damaged (all local)."""
+    good = {
+        "data/train.jsonl": b'{"story": "once upon a time"}\n',
+        "data/test.jsonl": b'{"story": "the end"}\n',
+        "model/config.json": json.dumps(LM_MODEL_CONFIG).encode(),
+        "tokenizer/tokenizer_config.json": b"{}",  # incomplete: no vocabulary
+        "cfg.yaml": _lm_config(),
+    }
+    binary = bytes(rng.randrange(256) for _ in range(200))
+    variants: list[tuple[str, dict[str, bytes]]] = [
+        ("empty train split", {"data/train.jsonl": b""}),
+        ("binary data file", {"data/train.jsonl": binary}),
+        ("no text column", {"data/train.jsonl": b'{"text": "a"}\n'}),
+        ("text column of numbers", {"data/train.jsonl": b'{"story": 3}\n'}),
+        ("eval split missing", {"data/test.jsonl": b"", "cfg.yaml": _lm_config(eval_split="dev")}),
+        (
+            "data file missing",
+            {"cfg.yaml": _lm_config(dataset_name="json", data_files="none.jsonl")},
+        ),
+        ("model config missing", {"model/config.json": b"", "model/other.txt": b"x"}),
+        ("model config binary", {"model/config.json": binary}),
+        ("sequence beyond the positions", {"cfg.yaml": _lm_config(max_seq_len=64)}),
+        ("incomplete tokenizer", {}),
+        ("tokenizer.json binary", {"tokenizer/tokenizer.json": binary}),
+        ("unknown output", {"cfg.yaml": _lm_config({"pretrained_model_output_attr": "logitz"})}),
+    ]
+    for kind, changed in variants:
+        yield FuzzCase(f"lm files: {kind}", "lm", [f"{CASE_DIR}/cfg.yaml"], {**good, **changed})
+
+
+def environment_cases(rng: random.Random) -> Iterator[FuzzCase]:
+    """Malformed or contradictory environment variables, through spd-run and a script."""
+    bad = [
+        {"SPD_MAX_GPUS_PER_NODE": rng.choice(["eight", "1.5", "-2", "0", "８"])},
+        {"RANK": "0", "WORLD_SIZE": "2"},
+        {"RANK": "1", "WORLD_SIZE": "1", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"},
+        {"WORLD_SIZE": rng.choice(["two", "0", "-1"])},
+        {"RANK": "-1", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"},
+        {"LOCAL_RANK": "x", "RANK": "0", "WORLD_SIZE": "1"},
+        {"WANDB_MODE": rng.choice(["ofline", "on", "true", "local", "ünï"])},
+    ]
+    for env in bad:
+        label = " ".join(f"{k}={v}" for k, v in env.items())
+        yield FuzzCase(f"env {label}: tms script", "tms", [str(BASE_CONFIGS["tms"])], env=env)
+        yield FuzzCase(
+            f"env {label}: spd-run", "spd-run", ["--experiments", "tms_5-2", "--local"], env=env
+        )
+
+
+def option_cases(rng: random.Random) -> Iterator[FuzzCase]:
+    """Every numeric option of the console scripts out of its range or not a number."""
+    analyze = {
+        "--tokens": ["0", "-5", "x"],
+        "--batch-size": ["-4", "0", "1.5"],
+        "--top-k": ["-1", "0"],
+        "--n-random": ["-1", "many"],
+        "--context-before": ["-2"],
+        "--context-after": ["-1"],
+        "--save-every": ["0"],
+        "--threshold": ["1.5", "-0.1", "inf"],
+    }
+    for option, values in analyze.items():
+        value = rng.choice(values)
+        yield FuzzCase(f"spd-analyze: {option} {value}", "spd-analyze", [CASE_DIR, option, value])
+    spd_run = {
+        "--dp": ["-1", "x"],
+        "--n-agents": ["-3", "x"],
+        "--time-minutes": ["0", "-5", "x"],
+    }
+    for option, values in spd_run.items():
+        value = rng.choice(values)
+        yield FuzzCase(
+            f"spd-run: {option} {value}",
+            "spd-run",
+            ["--experiments", "tms_5-2", option, value],
+        )
+    yield FuzzCase(
+        "spd-report: --out is a file it did not write",
+        "spd-report",
+        [f"{CASE_DIR}/run", "--out", A_FILE],
+        {"a_file.txt": b"notes", "run/metrics.jsonl": b'{"step": 0}\n'},
+    )
+
+
 def generate(
-    seed: int, per_config: int = 16, per_target: int = 6, sweep: int = 8
+    seed: int,
+    per_config: int = 16,
+    per_target: int = 6,
+    sweep: int = 8,
+    run_template: dict[str, bytes] | None = None,
 ) -> list[FuzzCase]:
-    """All cases of one seed: a sample of each kind, in a seeded order."""
+    """All cases of one seed: a sample of each kind, in a seeded order. `run_template` (the
+    files of a real run directory, under 'run/') adds the cases that damage a run directory."""
     rng = random.Random(seed)
     cases = [
         *config_cases(rng, per_config),
         *target_config_cases(rng, per_target),
         *sweep_cases(rng, sweep),
         *argument_cases(rng),
+        *environment_cases(rng),
+        *option_cases(rng),
+        *lm_file_cases(rng),
+        *(run_dir_cases(rng, run_template) if run_template is not None else []),
     ]
     return cases

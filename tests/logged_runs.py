@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from spd.config.schema import Config
+from spd.train.data_shard import data_shard
 from spd.train.optimize import optimize
 from tests.recording_sink import RecordingSink
 
@@ -27,7 +28,7 @@ def logged_run(
     target: nn.Module, config: Config, make_data: Callable[..., Any]
 ) -> tuple[list[dict[str, float]], dict[str, Tensor]]:
     """`optimize()` on the CPU from seed 0: the training-log rows and the final parameters."""
-    train, evals = make_data(config, target, torch.device("cpu"))
+    train, evals = make_data(config, target, torch.device("cpu"), data_shard(config))
     logged = RecordingSink()
     torch.manual_seed(0)
     result = optimize(

@@ -66,7 +66,7 @@ def run_tms(args: list[str], out_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 def decomposition_tensors(checkpoint: Path) -> dict[str, Tensor]:
-    """Every trained tensor of a checkpoint, keyed 'components.<name>' / 'gates.<name>'."""
+    """Every trained tensor of a checkpoint, keyed 'components.<name>' / 'ci_fns.<name>'."""
     data = read_checkpoint(checkpoint)
     return {
         f"{part}.{k}": v

@@ -121,7 +121,7 @@ def test_a_stopped_pass_continues_to_the_same_result(planted: PlantedRun) -> Non
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr
     assert "rerun the same command to continue" in stderr
-    stopped_at = torch.load(state, weights_only=False)["accumulator"]["n_tokens"]
+    stopped_at = torch.load(state, weights_only=True)["accumulator"]["n_tokens"]
     assert 0 < stopped_at < 20000
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr

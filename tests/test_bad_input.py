@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from spd.persistence.checkpoints import latest_checkpoint
+from spd.persistence.run_lock import LOCK_FILE
 from tests.resumable_runs import (
     REPO,
     TINY,
@@ -74,8 +75,9 @@ def _latest(run: Path) -> Path:
 
 
 def truncate_checkpoint(run: Path) -> None:
-    path = _latest(run)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    # Every checkpoint: with an older good one left, a resume rightly goes on from that.
+    for path in (run / "checkpoints").glob("model_*.pth"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def _edit_checkpoint(run: Path, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
@@ -88,7 +90,9 @@ def foreign_checkpoint(run: Path) -> None:
 
 
 def model_only_checkpoint(run: Path) -> None:
-    _edit_checkpoint(run, lambda d: {k: d[k] for k in ("step", "config", "decomposition")})
+    for path in (run / "checkpoints").glob("model_*.pth"):
+        data = torch.load(path, weights_only=True)
+        torch.save({k: data[k] for k in ("step", "config", "decomposition")}, path)
 
 
 def wrong_shapes_checkpoint(run: Path) -> None:
@@ -138,7 +142,7 @@ CASES = [
     Case("C-zero", [TMS, Cfg({"C": 0})], "invalid value for 'C'", slow=True),
     Case("negative-lr", [TMS, Cfg({"lr": -0.1})], "invalid value for 'lr'", slow=True),
     Case("probability-above-one", [TMS, Cfg({"task_config": {"task_name": "tms", "feature_probability": 1.5}})], "feature_probability"),
-    Case("unknown-gate-type", [TMS, Cfg({"gate_type": "transformer"})], "gate_type", slow=True),
+    Case("unknown-ci-fn-type", [TMS, Cfg({"ci_fn_type": "transformer"})], "ci_fn_type", slow=True),
     Case("unknown-task", [TMS, Cfg({"task_config": {"task_name": "vision"}})], "task_config", slow=True),
     Case("missing-C", [TMS, Cfg({"C": DELETE})], "missing required config key 'C'"),
     Case("batch-not-divisible", [TMS, Cfg({"batch_size": 30, "gradient_accumulation_steps": 4})], "divisible"),
@@ -181,7 +185,7 @@ CASES = [
     Case("resume-checkpoint-wrong-shapes", [TMS, "--resume", RunCopy(wrong_shapes_checkpoint)], "does not match its config", slow=True),
     Case("resume-damaged-run-config", [TMS, "--resume", RunCopy(garbage_run_config)], "invalid YAML", slow=True),
     Case("resume-changes-C", [TMS, "--resume", RUN, "--override", "C=10"], "changes C (20 -> 10)"),
-    Case("resume-changes-loss", [TMS, "--resume", RUN, "--override", "importance_minimality_coeff=0.5"], "changes importance_minimality_coeff"),
+    Case("resume-changes-loss", [TMS, "--resume", RUN, "--override", "losses.importance_minimality.coeff=0.5"], "changes losses.importance_minimality.coeff"),
     Case("resume-with-other-experiment", [TMS, str(OTHER_CONFIG), "--resume", RUN], "changes target_module_patterns", slow=True),
     Case("resume-steps-below-checkpoint", [TMS, "--resume", RUN, "--override", "steps=2"], "beyond steps=2"),
 ]
@@ -194,11 +198,12 @@ def base_config() -> dict[str, Any]:
 
 
 def digest(directory: Path) -> dict[str, str]:
-    """Content hash of every file under `directory`."""
+    """Content hash of every file under `directory` (but the run lock, which records who last
+    held it)."""
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from spd.errors import SPDUserError
-from spd.experiments.tms import tms_decomposition
+from spd.experiments.tms import task as tms_task
 from spd.models.component_model import ComponentModel
 from spd.persistence.checkpoints import latest_checkpoint, read_checkpoint
 from spd.persistence.run_dir import RunDirectory
+from spd.train.data_shard import data_shard
 from spd.train.optimize import optimize
 from tests.fixture_types import ConfigFactory, TargetFactory
 from tests.paths import TMS_5_2_ID_CONFIG
@@ -27,7 +28,7 @@ def trained_run(
     target = tms_target("tms_5-2-id")
     run_dir = RunDirectory.create(tmp_path, "ckpt")
     run_dir.write_config(config)
-    train, evaluation = tms_decomposition.make_data(config, target, device)
+    train, evaluation = tms_task.make_data(config, target, device, data_shard(config))
     result = optimize(
         target, config, device, train, evaluation, run_dir=run_dir, show_progress=False
     )
@@ -67,7 +68,7 @@ def test_checkpoint_round_trip_is_bit_identical(
         model.decomposition_state(),
         ComponentModel.from_pretrained(final_file).decomposition_state(),
     )
-    for part in ("components", "gates"):
+    for part in ("components", "ci_fns"):
         assert state[part].keys() == loaded_state[part].keys()
         assert all(torch.equal(state[part][k], loaded_state[part][k]) for k in state[part])
 

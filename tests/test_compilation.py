@@ -12,12 +12,13 @@ import torch
 from torch import Tensor
 from torch._dynamo.utils import counters
 
+from spd.config.loading import load_config
 from spd.config.schema import Config
-from spd.train.compilation import compile_wanted
+from spd.train.compile_choice import MEASURED, compile_wanted
 from spd.train.optimize import optimize
 from spd.train.setup import trainable_parameters
 from tests.fixture_types import ConfigFactory, TargetFactory
-from tests.paths import REPO_ROOT
+from tests.paths import REPO_ROOT, TMS_5_2_CONFIG
 
 STEPS = 6
 
@@ -140,7 +141,21 @@ def test_no_compilation_when_off_or_auto_on_the_cpu(
     assert counters["stats"]["unique_graphs"] == before
 
 
-def test_only_on_compiles_until_a_device_is_measured_to_gain() -> None:
-    assert not compile_wanted("auto")
-    assert compile_wanted("on")
-    assert not compile_wanted("off")
+def test_auto_compiles_only_where_a_measured_case_repays_the_compile_time(
+    quick_tms_config: ConfigFactory,
+) -> None:
+    (tms,) = [m for m in MEASURED if m.model_class.endswith("TMSModel") and m.C == 20]
+    # The shipped tms_5-2 config (40 000 steps at batch 4096): the saved time exceeds the compile.
+    full = load_config(TMS_5_2_CONFIG)
+    assert full.steps * tms.eager_step_s * (1 - 1 / tms.speedup) > tms.compile_s
+    assert compile_wanted(full, "cpu")
+    assert not compile_wanted(full, "cuda"), "no CUDA measurement: eager"
+    # Too few steps to repay the compilation, another batch size (a case not measured), or off.
+    breakeven = int(tms.compile_s / (tms.eager_step_s * (1 - 1 / tms.speedup)))
+    assert not compile_wanted(full.model_copy(update={"steps": breakeven}), "cpu")
+    assert compile_wanted(full.model_copy(update={"steps": breakeven + 1}), "cpu")
+    assert not compile_wanted(full.model_copy(update={"batch_size": 1024}), "cpu")
+    assert not compile_wanted(full.model_copy(update={"compile": "off"}), "cpu")
+    # What the tests run (few steps, small batches) never compiles under auto; `on` always does.
+    assert not compile_wanted(quick_tms_config(), "cpu")
+    assert compile_wanted(quick_tms_config(compile="on"), "cuda")

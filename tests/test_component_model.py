@@ -44,10 +44,10 @@ def test_non_decomposable_module_is_a_user_error(tms_target: TargetFactory, patt
     assert "cannot be decomposed" in message
 
 
-def test_target_is_frozen_and_only_components_and_gates_train(tms_target: TargetFactory) -> None:
+def test_target_is_frozen_and_only_components_and_ci_fns_train(tms_target: TargetFactory) -> None:
     model = ComponentModel(tms_target(), ["linear1", "linear2"], C=3)
     trainable = [p for comp in model.components.values() for p in comp.parameters()]
-    trainable += list(model.gates.parameters())
+    trainable += list(model.ci_fns.parameters())
     assert all(p.requires_grad for p in trainable)
     trainable_ids = {id(p) for p in trainable}
     frozen = [p for p in model.parameters() if id(p) not in trainable_ids]
@@ -99,29 +99,33 @@ def test_unknown_mask_name_is_rejected() -> None:
     assert model.decomposed["fc1"].mode == "original"
 
 
-def test_causal_importances_feed_inner_acts_to_mlp_gates() -> None:
-    model = ComponentModel(TwoLinear(), ["fc1", "fc2"], C=3, gate_type="mlp", gate_hidden_dims=[4])
+def test_causal_importances_feed_inner_acts_to_mlp_ci_fns() -> None:
+    model = ComponentModel(
+        TwoLinear(), ["fc1", "fc2"], C=3, ci_fn_type="mlp", ci_fn_hidden_dims=[4]
+    )
     model.init_components_from_target(seed=0)
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     _, pre_acts = model.forward_with_pre_acts(x)
     ci, ci_upper = model.causal_importances(pre_acts, "leaky_hard")
     for name in ("fc1", "fc2"):
-        raw = model.gate(name)(pre_acts[name] @ model.components[name].V)
+        raw = model.ci_fn(name)(pre_acts[name] @ model.components[name].V)
         torch.testing.assert_close(ci[name], lower_leaky_hard_sigmoid(raw))
         torch.testing.assert_close(ci_upper[name], upper_leaky_hard_sigmoid(raw))
         assert ci[name].shape == (6, 3)
         assert bool(((ci[name] >= 0) & (ci[name] <= 1)).all())
 
 
-def test_causal_importances_feed_the_whole_input_to_vector_mlp_gates() -> None:
-    model = ComponentModel(TwoLinear(), ["fc1"], C=3, gate_type="vector_mlp", gate_hidden_dims=[4])
+def test_causal_importances_feed_the_whole_input_to_vector_mlp_ci_fns() -> None:
+    model = ComponentModel(
+        TwoLinear(), ["fc1"], C=3, ci_fn_type="vector_mlp", ci_fn_hidden_dims=[4]
+    )
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     _, pre_acts = model.forward_with_pre_acts(x)
     ci, _ = model.causal_importances(pre_acts, "hard")
-    torch.testing.assert_close(ci["fc1"], model.gate("fc1")(x).clamp(0, 1))
+    torch.testing.assert_close(ci["fc1"], model.ci_fn("fc1")(x).clamp(0, 1))
 
 
-def test_detached_gate_inputs_send_no_gradient_to_the_components() -> None:
+def test_detached_ci_fn_inputs_send_no_gradient_to_the_components() -> None:
     model = ComponentModel(TwoLinear(), ["fc1"], C=3)
     model.init_components_from_target(seed=0)
     _, pre_acts = model.forward_with_pre_acts(torch.ones(2, 2))
@@ -134,7 +138,7 @@ def test_detached_gate_inputs_send_no_gradient_to_the_components() -> None:
 
 def test_vector_mlp_on_an_embedding_is_a_user_error() -> None:
     with pytest.raises(SPDUserError, match="token index"):
-        ComponentModel(TinyLM(), ["embed"], C=2, gate_type="vector_mlp")
+        ComponentModel(TinyLM(), ["embed"], C=2, ci_fn_type="vector_mlp")
 
 
 def test_tying_a_module_that_is_not_decomposed_is_a_user_error() -> None:

@@ -1,13 +1,11 @@
-"""Subcomponents of each layer kind and the causal-importance functions (docs/method.md,
-'Objects', 'Causal importance', 'Masks and forward passes')."""
+"""Subcomponents of each layer kind and the fused kernel of the `mlp` CI functions (docs/method.md,
+'Objects', 'Masks and forward passes'); the CI-function types themselves are in test_ci_fns.py."""
 
-import math
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
@@ -17,8 +15,6 @@ from spd.models.component_model import ComponentModel
 from spd.models.components import (
     Components,
     EmbeddingComponents,
-    MLPGates,
-    VectorMLPGates,
     WeightLayout,
 )
 from spd.models.scalar_mlp import scalar_mlp
@@ -223,90 +219,6 @@ def test_init_from_target_uses_unit_directions_scaled_by_the_projection() -> Non
         assert torch.allclose(comp.U[c], (v @ w @ u_hat) * u_hat, atol=1e-6)
 
 
-# ----- causal-importance functions -----
-
-
-def _gelu(x: float) -> float:
-    return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
-
-
-def _randomize(module: nn.Module, seed: int) -> None:
-    """Give every parameter (biases start at zero) random values so that all of them matter."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator))
-
-
-def test_mlp_gate_hand_case() -> None:
-    # C = 1, hidden 1: w1 = 1, b1 = 0, w2 = 2, b2 = 0.5  →  2·gelu(x) + 0.5.
-    gates = MLPGates(C=1, hidden_dims=[1])
-    with torch.no_grad():
-        gates.weights[0].fill_(1.0)
-        gates.biases[0].fill_(0.0)
-        gates.weights[1].fill_(2.0)
-        gates.biases[1].fill_(0.5)
-    out = gates(torch.tensor([[1.0], [-0.5]]))
-    assert out.squeeze(-1).tolist() == pytest.approx([2 * _gelu(1.0) + 0.5, 2 * _gelu(-0.5) + 0.5])
-    assert 2 * _gelu(1.0) + 0.5 == pytest.approx(2.1826894921)
-
-
-def _mlp_gates_loop(gates: MLPGates, x: Float[Tensor, "... C"]) -> Float[Tensor, "... C"]:
-    """One independent scalar MLP per subcomponent, evaluated one subcomponent at a time."""
-    n_layers = len(gates.weights)
-    outs = []
-    for c in range(x.shape[-1]):
-        h = x[..., c : c + 1]
-        for k in range(n_layers):
-            h = h @ gates.weights[k][c] + gates.biases[k][c]
-            if k < n_layers - 1:
-                h = F.gelu(h)
-        outs.append(h[..., 0])
-    return torch.stack(outs, dim=-1)
-
-
-@pytest.mark.parametrize("hidden_dims", [[5], [3, 4]], ids=["one_hidden", "two_hidden"])
-def test_mlp_gates_match_a_per_component_loop(hidden_dims: list[int]) -> None:
-    gates = MLPGates(C=6, hidden_dims=hidden_dims)
-    _randomize(gates, seed=0)
-    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(gates(x), _mlp_gates_loop(gates, x), atol=1e-5)
-
-
-def _vector_gates_loop(
-    gates: VectorMLPGates, x: Float[Tensor, "... d_in"]
-) -> Float[Tensor, "... C"]:
-    outs = []
-    for c in range(gates.C):
-        h = x @ gates.in_weight[:, c, :] + gates.in_bias[c]
-        for w, b in zip(gates.weights, gates.biases, strict=True):
-            h = F.gelu(h) @ w[c] + b[c]
-        outs.append(h[..., 0])
-    return torch.stack(outs, dim=-1)
-
-
-@pytest.mark.parametrize("hidden_dims", [[5], [3, 4]], ids=["one_hidden", "two_hidden"])
-def test_vector_mlp_gates_match_a_per_component_loop(hidden_dims: list[int]) -> None:
-    gates = VectorMLPGates(C=4, d_in=3, hidden_dims=hidden_dims)
-    _randomize(gates, seed=2)
-    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(3))
-    out = gates(x)
-    assert out.shape == (2, 5, 4)
-    assert torch.allclose(out, _vector_gates_loop(gates, x), atol=1e-5)
-
-
-def test_vector_mlp_gate_hand_case() -> None:
-    # C = 1, d_in 2, hidden 1: in_weight [1, −1], in_bias 0.5, w 3, b −1  →  3·gelu(x0 − x1 + 0.5) − 1.
-    gates = VectorMLPGates(C=1, d_in=2, hidden_dims=[1])
-    with torch.no_grad():
-        gates.in_weight.copy_(torch.tensor([[[1.0]], [[-1.0]]]))
-        gates.in_bias.fill_(0.5)
-        gates.weights[0].fill_(3.0)
-        gates.biases[0].fill_(-1.0)
-    out = gates(torch.tensor([[2.0, 1.0]]))
-    assert out.item() == pytest.approx(3 * _gelu(1.5) - 1)
-
-
 def _scalar_mlp_reference(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
     """Plain autograd: out[..., c] = Σ_k w2[c, k] gelu(x[..., c] w1[c, k] + b1[c, k]) + b2[c]."""
     return (w2 * F.gelu(x[..., None] * w1 + b1)).sum(-1) + b2
@@ -393,33 +305,6 @@ def test_blocked_scalar_mlp_equals_one_block_on_a_training_sized_layer(
     for one_block, blocked in zip(*results, strict=True):
         assert one_block is not None and blocked is not None
         torch.testing.assert_close(blocked, one_block, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("make", "expected_stds"),
-    [
-        # (1 → 16 → 1): hidden √(2/1), output 1/√16 (was √(2/16) = 0.354 before parity).
-        (lambda: MLPGates(4000, [16]), [math.sqrt(2.0), 0.25]),
-        # (1 → 16 → 4 → 1): hidden √2, √(2/16); output 1/√4.
-        (lambda: MLPGates(4000, [16, 4]), [math.sqrt(2.0), math.sqrt(2 / 16), 0.5]),
-        # vector input of 10 → 8 → 1: hidden √(2/10), output 1/√8.
-        (lambda: VectorMLPGates(4000, 10, [8]), [math.sqrt(2 / 10), math.sqrt(1 / 8)]),
-    ],
-)
-def test_ci_function_init_gain_two_before_gelu_and_one_at_the_output(
-    make: Callable[[], nn.Module], expected_stds: list[float]
-) -> None:
-    # Tens of thousands of draws per layer: the empirical std is within ~1 % of the formula.
-    torch.manual_seed(0)
-    gates = make()
-    weights = [
-        p for name, p in gates.named_parameters() if "weight" in name
-    ]  # in order: (in_weight,) then the later layers
-    assert len(weights) == len(expected_stds)
-    for w, expected in zip(weights, expected_stds, strict=True):
-        assert w.numel() >= 4000
-        assert float(w.detach().std()) == pytest.approx(expected, rel=0.03)
-        assert abs(float(w.detach().mean())) < 0.05 * expected
 
 
 def test_a_shared_storage_tie_shares_again_after_the_model_is_moved(

@@ -1,21 +1,25 @@
 """The typed config: the shipped TMS configs, validation, one-line errors, overrides, round trip."""
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import pydantic
 import pytest
 import yaml
 
 from spd.config.loading import apply_overrides, load_config, read_yaml
-from spd.config.schema import CONFIG_BLOCKS, Config, TaskConfig, TMSTaskConfig
+from spd.config.schema import Config, config_blocks
+from spd.config.task_registry import TASKS
 from spd.errors import SPDUserError
 from spd.experiments.resid_mlp.models import ResidMLPModelConfig
 from spd.experiments.resid_mlp.train_resid_mlp import ResidMLPTrainConfig
 from spd.experiments.tms.models import TMSModelConfig
+from spd.experiments.tms.task import TMSTaskConfig
 from spd.experiments.tms.train_tms import TMSTrainConfig
+from spd.losses.terms.importance_minimality import importance_params
 from spd.persistence.run_dir import save_config
 from spd.scripts import config_cli
+from spd.scripts.config_cli import reference_blocks
 from tests.paths import REPO_ROOT, TMS_5_2_CONFIG, TMS_DIR
 
 
@@ -56,8 +60,9 @@ def test_shipped_tms_configs_follow_the_spec(
     assert config.C == C
     assert sorted(config.target_module_patterns) == sorted(patterns)
     assert config.tied_weights == [("linear1", "linear2")]
-    assert (config.gate_type, config.gate_hidden_dims) == ("mlp", [16])
-    assert config.importance_minimality_coeff == importance and config.pnorm == pnorm
+    assert (config.ci_fn_type, config.ci_fn_hidden_dims) == ("mlp", [16])
+    assert config.loss_coeffs["importance_minimality"] == importance
+    assert importance_params(config).pnorm == pnorm
     assert config.loss_coeffs == {
         "faithfulness": 1.0,
         "stochastic_recon": 1.0,
@@ -85,7 +90,8 @@ def test_shipped_ss_emb_config_trains_with_the_original_loss_terms() -> None:
         "stochastic_recon_layerwise": 1.0,
         "importance_minimality": 1e-6,
     }
-    assert (config.pnorm, config.output_loss_type, config.lr_warmup_pct) == (2.0, "kl", 0.01)
+    p = importance_params(config).pnorm
+    assert (p, config.output_loss_type, config.lr_warmup_pct) == (2.0, "kl", 0.01)
 
 
 def test_config_is_frozen() -> None:
@@ -169,7 +175,7 @@ def test_unknown_key_given_as_an_override() -> None:
         ({"lr_warmup_pct": 2.0}, "lr_warmup_pct"),
         ({"steps": "many"}, "steps"),
         ({"lr_schedule": "step"}, "lr_schedule"),
-        ({"gate_type": "transformer"}, "gate_type"),
+        ({"ci_fn_type": "transformer"}, "ci_fn_type"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(overrides: dict[str, Any], key: str) -> None:
@@ -227,11 +233,14 @@ def test_mistyped_key_inside_a_list_entry() -> None:
 def test_every_config_field_has_a_description() -> None:
     # The descriptions are the config's reference (JSON schema, editors, `spd-config`): a new
     # field without one would be undocumented everywhere.
-    tasks = {block for where, block in CONFIG_BLOCKS.items() if where.startswith("task_config.")}
-    assert tasks == set(get_args(get_args(TaskConfig)[0])), "a task block is not listed"
+    listed = config_blocks()
+    tasks = {block for where, block in listed.items() if where.startswith("task_config.")}
+    registered = {TASKS.get(name).config_class for name in TASKS.names()}
+    assert tasks == registered, "a task block is not listed"
     # The target-training configs (spd/experiments/*/train_*.py) are documented the same way.
     blocks = {
-        **CONFIG_BLOCKS,
+        **listed,
+        **reference_blocks(),  # with every loss term's parameter block
         "tms train": TMSTrainConfig,
         "tms model": TMSModelConfig,
         "resid_mlp train": ResidMLPTrainConfig,

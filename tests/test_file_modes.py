@@ -13,7 +13,7 @@ import pytest
 
 from spd.config.loading import load_config
 from spd.experiments.run_decomposition import run_decomposition
-from spd.experiments.tms.tms_decomposition import make_data, summarize
+from spd.experiments.tms.task import make_data, summarize
 from spd.persistence.run_dir import CONFIG_FILE, read_metrics
 from spd.scripts.report import main as report_main
 from tests.tiny_runs import tiny_tms_config

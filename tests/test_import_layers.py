@@ -29,6 +29,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("spd.tracking",),
     ("spd.experiments",),
     ("spd.analysis",),
+    ("spd.app",),
     ("spd.launch",),
     ("spd.scripts",),
 )

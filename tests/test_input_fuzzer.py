@@ -1,7 +1,10 @@
 """The input fuzzer: every generated bad input (tests/input_fuzz.py) must end cleanly.
 
-Clean means: exit code 2, exactly one line on stderr (starting `spd: error:`), no traceback, and
-nothing written under the output root. Most cases run in this process, through the same
+Clean means: exit code 2, exactly one line on stderr (starting `spd: error:`), no traceback,
+no planted payload run, and nothing written under the output root; a reader meant to go past
+damage (`expect="tolerated"`) may also finish (exit 0) with `spd: warning:` lines. The run
+directory cases damage the files of a real two-step run (`run_template`), and a case may hold a
+run directory's lock while it runs (another process training it). Most cases run in this process, through the same
 boundary the command lines use (`spd.errors.cli_exit_code` wraps `run_cli`); a sample runs as
 real subprocesses. The fast slice (one seed) is in the default suite; `slow` runs more seeds.
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import spd.analysis.analyze as analysis_pass
 import spd.analysis.cli as analysis_cli
 import spd.experiments.lm.lm_decomposition as lm_script
 import spd.experiments.resid_mlp.resid_mlp_decomposition as resid_script
@@ -25,13 +29,16 @@ import spd.experiments.resid_mlp.train_resid_mlp as train_resid
 import spd.experiments.run_decomposition as run_decomposition
 import spd.experiments.tms.tms_decomposition as tms_script
 import spd.experiments.tms.train_tms as train_tms
+import spd.launch.launcher as launcher
 import spd.scripts.config_cli as config_cli
 import spd.scripts.report as report_script
 import spd.scripts.run as run_script
 from spd.config.loading import load_config
 from spd.errors import cli_exit_code
-from tests.input_fuzz import CASE_DIR, FuzzCase, generate
+from spd.persistence.run_lock import lock_run_directory
+from tests.input_fuzz import CASE_DIR, PAYLOAD_MARKER, FuzzCase, generate
 from tests.paths import REPO_ROOT
+from tests.resumable_runs import TMS_CONFIG, override_args, run_tms
 
 SCRIPTS = {
     "tms": REPO_ROOT / "spd" / "experiments" / "tms" / "tms_decomposition.py",
@@ -106,18 +113,28 @@ def _written_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def problems_of(code: int, stderr: str, out_root: Path) -> list[str]:
-    """Why a finished case is not clean (empty when it is)."""
+def problems_of(
+    code: int, stderr: str, out_root: Path, expect: str = "error", case_dir: Path | None = None
+) -> list[str]:
+    """Why a finished case is not clean (empty when it is); see `FuzzCase.expect`."""
     found = []
     lines = stderr.strip().splitlines()
-    if code != 2:
-        found.append(f"exit code {code}")
-    if len(lines) != 1:
-        found.append(f"{len(lines)} lines on stderr")
+    if expect == "tolerated":
+        if code not in (0, 2):
+            found.append(f"exit code {code}")
+        if any(not line.startswith("spd: ") for line in lines):
+            found.append("a line on stderr that is not an spd warning or error")
+    else:
+        if code != 2:
+            found.append(f"exit code {code}")
+        if len(lines) != 1:
+            found.append(f"{len(lines)} lines on stderr")
+        if lines and not lines[0].startswith("spd: error: "):
+            found.append("the line is not an spd error")
     if "Traceback" in stderr:
         found.append("traceback")
-    if lines and not lines[0].startswith("spd: error: "):
-        found.append("the line is not an spd error")
+    if case_dir is not None and (case_dir / PAYLOAD_MARKER).exists():
+        found.append("a planted payload ran")
     written = _written_under(out_root)
     if written:
         found.append(f"wrote {written[:3]}")
@@ -127,10 +144,27 @@ def problems_of(code: int, stderr: str, out_root: Path) -> list[str]:
 @pytest.fixture
 def tripwires(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(run_decomposition, "optimize", _tripwire)
-    monkeypatch.setattr(run_script, "source_tree", _tripwire)
+    monkeypatch.setattr(launcher, "source_tree", _tripwire)
     monkeypatch.setattr(train_tms, "train", _tripwire)
     monkeypatch.setattr(train_resid, "train", _tripwire)
+    monkeypatch.setattr(analysis_pass, "run_pass", _tripwire)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(scope="module")
+def run_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The files of a real two-step TMS run directory, under 'run/' (a checkpoint at each step)."""
+    out = tmp_path_factory.mktemp("template")
+    result = run_tms([str(TMS_CONFIG), *override_args(steps=2, save_freq=1, train_log_freq=1)], out)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return {
+        f"run/{p.relative_to(run_dir)}": p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.suffix in (".pth", ".yaml", ".jsonl")
+    }
 
 
 def run_in_process(case: FuzzCase, case_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -142,8 +176,13 @@ def run_in_process(case: FuzzCase, case_dir: Path, monkeypatch: pytest.MonkeyPat
         patch.setattr(sys, "argv", [case.entry, *argv])
         patch.syspath_prepend(str(case_dir))
         patch.chdir(case_dir)
-        code, stderr = cli_exit_code(_main_for(case, argv))
-    problems = problems_of(code, stderr, Path(env["SPD_OUT_DIR"]))
+        lock = lock_run_directory(case_dir / case.locked) if case.locked is not None else None
+        try:
+            code, stderr = cli_exit_code(_main_for(case, argv))
+        finally:
+            if lock is not None:
+                lock.release()
+    problems = problems_of(code, stderr, Path(env["SPD_OUT_DIR"]), case.expect, case_dir)
     return [*problems, f"stderr: {stderr.strip()[-300:]!r}"] if problems else []
 
 
@@ -172,16 +211,21 @@ def run_in_subprocess(case: FuzzCase, case_dir: Path) -> list[str]:
         timeout=300,
         check=False,
     )
-    problems = problems_of(result.returncode, result.stderr, Path(env["SPD_OUT_DIR"]))
+    problems = problems_of(
+        result.returncode, result.stderr, Path(env["SPD_OUT_DIR"]), case.expect, case_dir
+    )
     return [*problems, f"stderr: {result.stderr.strip()[-300:]!r}"] if problems else []
 
 
 def fuzz(
-    seeds: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seeds: list[int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_template: dict[str, bytes] | None = None,
 ) -> tuple[int, list[str]]:
     tried, failures = 0, []
     for seed in seeds:
-        for index, case in enumerate(generate(seed)):
+        for index, case in enumerate(generate(seed, run_template=run_template)):
             tried += 1
             problems = run_in_process(case, tmp_path / f"s{seed}-{index}", monkeypatch)
             if problems:
@@ -200,12 +244,15 @@ def _report(
 
 @pytest.mark.usefixtures("tripwires")
 def test_fuzz_fast_slice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[[str, object], None]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
+    run_template: dict[str, bytes],
 ) -> None:
-    tried, failures = fuzz(FAST_SEEDS, tmp_path, monkeypatch)
+    tried, failures = fuzz(FAST_SEEDS, tmp_path, monkeypatch, run_template)
     _report(record_property, "fast", tried, failures)
-    assert not failures, "\n".join(failures[:20])
-    assert tried >= 300
+    assert not failures, "\n".join(failures[:40])
+    assert tried >= 430  # the new boundaries (run dirs, LM files, env, options) add ~130
 
 
 def subprocess_sample(
@@ -239,8 +286,11 @@ def test_fuzz_larger_sample_in_subprocesses(
 @pytest.mark.slow
 @pytest.mark.usefixtures("tripwires")
 def test_fuzz_long(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_property: Callable[[str, object], None]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
+    run_template: dict[str, bytes],
 ) -> None:
-    tried, failures = fuzz(SLOW_SEEDS, tmp_path, monkeypatch)
+    tried, failures = fuzz(SLOW_SEEDS, tmp_path, monkeypatch, run_template)
     _report(record_property, "long", tried, failures)
     assert not failures, "\n".join(failures[:40])

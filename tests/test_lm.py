@@ -23,11 +23,12 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from spd.config.evaluators import registry
 from spd.config.loading import config_from_dict, load_config
-from spd.config.schema import Config, LMTaskConfig
+from spd.config.schema import Config
 from spd.data.lm_data import lm_batches, load_tokenizer
 from spd.errors import SPDUserError
 from spd.eval.context import EvalContext
-from spd.experiments.lm import lm_decomposition
+from spd.experiments.lm import task as lm_task
+from spd.experiments.lm.config import LMTaskConfig
 from spd.experiments.lm.make_offline_example import EOS, TEXT_COLUMN, build_example
 from spd.experiments.lm.sources import EXAMPLE_DIRNAME, resolve_sources
 from spd.experiments.registry import EXPERIMENT_REGISTRY
@@ -35,8 +36,9 @@ from spd.experiments.run_decomposition import run_decomposition
 from spd.launch.plan import LaunchSettings, plan_runs
 from spd.loading.hf_hub import HubResource, require_hub_resources
 from spd.loading.targets import load_target_model
+from spd.models.ci_fns.mlp import MLPCIFn
 from spd.models.component_model import ComponentModel, build_component_model
-from spd.models.components import MLPGates
+from spd.train.data_shard import data_shard
 from spd.train.optimize import optimize
 from tests.tiny_lm import SEQ_LEN, TINY
 
@@ -208,9 +210,11 @@ def _lm_config(model_dir: Path, model_class: str, pattern: str, task: LMTaskConf
     fields: dict[str, object] = {
         "C": 8,
         "target_module_patterns": [pattern],
-        "faithfulness_coeff": 1.0,
-        "stochastic_recon_coeff": 1.0,
-        "importance_minimality_coeff": 1e-3,
+        "losses": [
+            {"name": "faithfulness", "coeff": 1.0},
+            {"name": "stochastic_recon", "coeff": 1.0},
+            {"name": "importance_minimality", "coeff": 1e-3},
+        ],
         "output_loss_type": "kl",
         "lr": 1e-2,
         "steps": 40,
@@ -250,7 +254,7 @@ def test_decomposition_trains_with_kl_loss(
     config = _lm_config(model_dir, model_class, pattern, task)
     target = load_target_model(config)  # from_pretrained on the local directory
     assert type(target.get_submodule(pattern)).__name__ == kind
-    train, evals = lm_decomposition.make_data(config, target, device)
+    train, evals = lm_task.make_data(config, target, device, data_shard(config))
     probe = next(lm_batches(task, example.tokenizer, "test", 2, seed=5, cache_dir=tmp_path))
     with torch.no_grad():
         target_logits = target(probe).logits
@@ -297,11 +301,11 @@ def _planted_embedding(
     weight = embedding.weight.detach().clone()
     vocab, d = weight.shape
     model = ComponentModel(
-        target, ["model.embed_tokens"], C=3 * d, gate_hidden_dims=[4], output_attr="logits"
+        target, ["model.embed_tokens"], C=3 * d, ci_fn_hidden_dims=[4], output_attr="logits"
     )
     comp = model.components["model.embed_tokens"]
-    gate = model.gate("model.embed_tokens")
-    assert isinstance(gate, MLPGates)
+    ci_fn = model.ci_fn("model.embed_tokens")
+    assert isinstance(ci_fn, MLPCIFn)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         comp._V[:, :d] = weight
@@ -315,9 +319,9 @@ def _planted_embedding(
             comp._U[d : 2 * d] = b
             comp._U[2 * d :] = -b
         # Last CI layer: weights 0, so the raw CI is its bias; the hard sigmoid clamps ±2 to 1 / 0.
-        gate.weights[1].zero_()
-        gate.biases[1][:] = -2.0
-        gate.biases[1][: 2 * d if cancelling_pair else d] = 2.0
+        ci_fn.weights[1].zero_()
+        ci_fn.biases[1][:] = -2.0
+        ci_fn.biases[1][: 2 * d if cancelling_pair else d] = 2.0
     assert (
         float((model.target_weight("model.embed_tokens") - comp.weight).abs().max().detach()) < 1e-5
     )
@@ -434,9 +438,7 @@ def test_registered_example_runs_from_the_output_root(
     )
     assert config.pretrained_model_name_hf == str((example.dir / "model").resolve())
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))  # keep ~/.cache clean
-    run = run_decomposition(
-        config, "lm", lm_decomposition.make_data, lm_decomposition.summarize, show_progress=False
-    )
+    run = run_decomposition(config, "lm", lm_task.make_data, lm_task.summarize, show_progress=False)
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["ce_kl/ce_unrecovered/zero"] == pytest.approx(1.0)
     assert 0.0 <= summary["ci_l0/model.embed_tokens"] <= config.C

@@ -13,24 +13,23 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from spd.config.schema import Config, TMSTaskConfig
+from spd.config.loss_registry import LOSS_TERMS
+from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.experiments.tms.models import TMSModel
+from spd.experiments.tms.task import TMSTaskConfig
+from spd.losses.batch import batch_loss
+from spd.losses.divergence import output_divergence
+from spd.losses.inputs import LossInputs
+from spd.losses.masks import stochastic_masks
 from spd.losses.row_selection import select_rows
-from spd.losses.terms import (
-    LOSS_TERMS,
-    LossInputs,
-    batch_loss,
-    embedding_recon_loss,
-    faithfulness_loss,
-    importance_minimality_loss,
-    layerwise_recon_loss,
-    output_divergence,
-    recon_loss,
-    schatten_loss,
-    stochastic_masks,
-    total_loss,
-)
+from spd.losses.terms.embedding_recon import embedding_recon_loss
+from spd.losses.terms.faithfulness import faithfulness_loss
+from spd.losses.terms.importance_minimality import importance_minimality_loss
+from spd.losses.terms.recon import recon_loss
+from spd.losses.terms.recon_layerwise import layerwise_recon_loss
+from spd.losses.terms.schatten import schatten_loss
+from spd.losses.total import configured_terms, total_loss
 from spd.models.component_model import ComponentModel, build_component_model
 from tests.paths import TMS_TARGETS
 from tests.toy_targets import TinyLM, TwoLinear
@@ -38,28 +37,35 @@ from tests.toy_targets import TinyLM, TwoLinear
 X = torch.tensor([[1.0, 1.0]])
 TARGET_OUT = torch.tensor([[1.5, 0.5]])  # x + b
 
-NO_TERMS: dict[str, Any] = {
-    "faithfulness_coeff": None,
-    "stochastic_recon_coeff": None,
-    "stochastic_recon_layerwise_coeff": None,
-    "recon_coeff": None,
-    "recon_layerwise_coeff": None,
-    "importance_minimality_coeff": None,
-    "schatten_coeff": None,
-    "out_recon_coeff": None,
-    "embedding_recon_coeff": None,
-}
 
-
-def _config(**fields: Any) -> Config:
+def _config(
+    coeffs: dict[str, float | None], params: dict[str, dict[str, Any]] | None = None, **fields: Any
+) -> Config:
+    """A `TwoLinear` config computing exactly the terms of `coeffs` (with their `params`)."""
+    params = params or {}
     base: dict[str, Any] = {
         "C": 2,
         "target_module_patterns": ["fc1", "fc2"],
         "pretrained_model_class": "tests.toy_targets.TwoLinear",
         "pretrained_model_path": "unused",
         "task_config": TMSTaskConfig(),
+        "losses": [
+            {"name": name, "coeff": coeff, "params": params.get(name, {})}
+            for name, coeff in coeffs.items()
+        ],
     }
-    return Config(**{**base, **NO_TERMS, **fields})
+    return Config(**{**base, **fields})
+
+
+def _inputs(
+    model: ComponentModel,
+    batch: Tensor,
+    target_out: Tensor,
+    pre_acts: dict[str, Tensor],
+    ci: dict[str, Tensor],
+    ci_upper: dict[str, Tensor],
+) -> LossInputs:
+    return LossInputs(model, batch, target_out, pre_acts, ci, ci_upper, "mse", 1.0, None)
 
 
 @pytest.fixture
@@ -292,11 +298,11 @@ def _ci(model: ComponentModel) -> tuple[dict[str, Tensor], dict[str, Tensor], di
 
 
 def test_null_coefficients_skip_their_terms(hand_model: ComponentModel) -> None:
-    config = _config(faithfulness_coeff=2.0, importance_minimality_coeff=3.0)
+    config = _config({"faithfulness": 2.0, "importance_minimality": 3.0, "recon": None})
     pre_acts, ci, ci_upper = _ci(hand_model)
     rng_before = torch.get_rng_state()
     total, terms = total_loss(
-        LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+        _inputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper), configured_terms(config)
     )
     assert set(terms) == {"faithfulness", "importance_minimality"}
     assert torch.equal(torch.get_rng_state(), rng_before), "no stochastic mask was drawn"
@@ -307,12 +313,10 @@ def test_null_coefficients_skip_their_terms(hand_model: ComponentModel) -> None:
 
 
 def test_deterministic_terms_use_the_ci_as_mask(hand_model: ComponentModel) -> None:
-    config = _config(
-        recon_coeff=1.0, recon_layerwise_coeff=10.0, out_recon_coeff=100.0, schatten_coeff=0.5
-    )
+    config = _config({"recon": 1.0, "recon_layerwise": 10.0, "out_recon": 100.0, "schatten": 0.5})
     pre_acts, ci, ci_upper = _ci(hand_model)
     total, terms = total_loss(
-        LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+        _inputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper), configured_terms(config)
     )
     assert set(terms) == {"recon", "recon_layerwise", "out_recon", "schatten"}
     # Masks = ci = the layerwise hand case above: full 0.125, layerwise 0.375.
@@ -330,15 +334,15 @@ def test_deterministic_terms_use_the_ci_as_mask(hand_model: ComponentModel) -> N
 def test_stochastic_terms_average_independent_draws(
     hand_model: ComponentModel, n_mask_samples: int
 ) -> None:
+    samples = {"n_mask_samples": n_mask_samples}
     config = _config(
-        stochastic_recon_coeff=1.0,
-        stochastic_recon_layerwise_coeff=1.0,
-        n_mask_samples=n_mask_samples,
+        {"stochastic_recon": 1.0, "stochastic_recon_layerwise": 1.0},
+        {"stochastic_recon": samples, "stochastic_recon_layerwise": samples},
     )
     pre_acts, ci, ci_upper = _ci(hand_model)
     torch.manual_seed(11)
     _, terms = total_loss(
-        LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
+        _inputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper), configured_terms(config)
     )
     # Replay the draws: per sample, the full term's masks, then the layerwise term's own masks
     # (this pins the draw order of losses.total_loss).
@@ -363,14 +367,14 @@ def test_embedding_recon_in_the_total_draws_masks_of_its_own(
     embed_model: ComponentModel,
 ) -> None:
     config = _config(
-        target_module_patterns=["embed"], stochastic_recon_coeff=1.0, embedding_recon_coeff=1.0
+        {"stochastic_recon": 1.0, "embedding_recon": 1.0}, target_module_patterns=["embed"]
     )
     _, pre_acts = embed_model.forward_with_pre_acts(EMB_TOKENS)
     target_out = embed_model(EMB_TOKENS)
     ci = {"embed": torch.tensor([[[0.5, 0.9], [0.2, 0.0]]])}
     torch.manual_seed(5)
     _, terms = total_loss(
-        LossInputs(embed_model, EMB_TOKENS, target_out, pre_acts, ci, ci, config, 1.0, None)
+        _inputs(embed_model, EMB_TOKENS, target_out, pre_acts, ci, ci), configured_terms(config)
     )
     assert set(terms) == {"stochastic_recon", "embedding_recon"}
     # Replay: the full term's masks first, then the embedding term's own draw.
@@ -393,7 +397,7 @@ def _sparse_tms() -> tuple[ComponentModel, Config, Tensor]:
     from spd.models.component_model import build_component_model
     from tests.paths import TMS_5_2_ID_CONFIG
 
-    terms = {"out_recon_coeff": 1.0, "recon_coeff": 1.0, "recon_layerwise_coeff": 1.0}
+    terms = {f"losses.{name}.coeff": 1.0 for name in ("out_recon", "recon", "recon_layerwise")}
     config = load_config(TMS_5_2_ID_CONFIG, terms)
     model = build_component_model(load_target_model(config), config)
     model.init_components_from_target(0)
@@ -401,7 +405,7 @@ def _sparse_tms() -> tuple[ComponentModel, Config, Tensor]:
     # weight in the importance mean shows in the loss.
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        for p in model.gates.parameters():
+        for p in model.ci_fns.parameters():
             p.copy_(torch.randn(p.shape, generator=generator))
     x = torch.rand(64, 5, generator=torch.Generator().manual_seed(3))
     x[torch.rand(64, 5, generator=torch.Generator().manual_seed(4)) < 0.85] = 0
@@ -462,7 +466,7 @@ def test_inert_rows_are_left_out_with_the_same_losses_and_gradients(
     torch.testing.assert_close(selected["stochastic_recon_layerwise"], expected_layerwise.detach())
     # Gradients of the deterministic terms (importance minimality included) agree too.
     deterministic = config.model_copy(
-        update={"stochastic_recon_coeff": None, "stochastic_recon_layerwise_coeff": None}
+        update={"losses": [s for s in config.losses if not s.name.startswith("stochastic")]}
     )
     _, a = _losses_and_grads(model, deterministic, x, seed=5)
     monkeypatch.setattr(model.target, "independent_rows", False)
@@ -514,21 +518,14 @@ def test_a_mostly_live_batch_is_not_cut() -> None:
     assert select_rows(model, pre_acts) is None
 
 
-def test_every_loss_coefficient_field_has_one_term_in_the_loss_table() -> None:
-    coeff_fields = [name for name in Config.model_fields if name.endswith("_coeff")]
-    assert sorted(term.coeff_field for term in LOSS_TERMS) == sorted(coeff_fields)
-    assert len({term.name for term in LOSS_TERMS}) == len(LOSS_TERMS)
-
-
+@pytest.mark.parametrize("name", [n for n in LOSS_TERMS.names() if n != "embedding_recon"])
 def test_each_term_alone_is_the_whole_loss_times_its_coefficient(
-    hand_model: ComponentModel,
+    hand_model: ComponentModel, name: str
 ) -> None:
+    # embedding_recon needs a decomposed Embedding: tested with TinyLM above.
     pre_acts, ci, ci_upper = _ci(hand_model)
-    for term in LOSS_TERMS:
-        if term.name == "embedding_recon":
-            continue  # needs a decomposed Embedding (tested with TinyLM below)
-        config = _config(**{term.coeff_field: 0.5})
-        inputs = LossInputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper, config, 1.0, None)
-        total, terms = total_loss(inputs)
-        assert list(terms) == [term.name]
-        assert total.item() == pytest.approx(0.5 * terms[term.name].item(), rel=1e-6)
+    config = _config({name: 0.5})
+    inputs = _inputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper)
+    total, terms = total_loss(inputs, configured_terms(config))
+    assert list(terms) == [name]
+    assert total.item() == pytest.approx(0.5 * terms[name].item(), rel=1e-6)

@@ -6,10 +6,11 @@ from torch import Tensor
 
 from spd.config.loading import load_config
 from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
-from spd.experiments.resid_mlp.resid_mlp_decomposition import make_data
+from spd.experiments.resid_mlp.task import make_data
 from spd.losses.row_selection import select_rows
 from spd.models.component_model import build_component_model
 from spd.models.low_rank_stream import LowRankStream, shared_products
+from spd.train.data_shard import data_shard
 from tests.logged_runs import LOG_EVERY_STEP, logged_run
 from tests.paths import REPO_ROOT
 
@@ -109,7 +110,7 @@ def test_optimize_gives_the_dense_path_losses_and_parameters() -> None:
     # Row selection was on: most rows of these batches are all-zero.
     cm = build_component_model(_small_resid_mlp(), config)
     _, pre_acts, streams = cm.forward_with_pre_act_streams(
-        next(make_data(config, cm.target, torch.device("cpu"))[0])
+        next(make_data(config, cm.target, torch.device("cpu"), data_shard(config))[0])
     )
     selection = select_rows(cm, pre_acts, streams)
     assert selection is not None and selection.share < 0.75

@@ -58,9 +58,11 @@ def context_with_ci(
 def context_with_one_hot_ci(
     model: ComponentModel, config: Config, ci: dict[str, Tensor]
 ) -> EvalContext:
-    """An evaluation context whose CI on one-hot inputs (value 0.75) is the planted `ci`."""
+    """An evaluation context whose CI on one-hot inputs (value 0.75, and 1, the TMS figures'
+    value) is the planted `ci`."""
     ctx = EvalContext(model=model, config=config, inputs=[torch.zeros(1, N_FEATURES)], step=7)
     ctx._one_hot[0.75] = ci
+    ctx._one_hot[1.0] = ci
     return ctx
 
 

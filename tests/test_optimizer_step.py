@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from spd.config.schema import Config, TiedWeightsMode
-from spd.losses.terms import batch_loss
+from spd.losses.batch import batch_loss
+from spd.losses.terms.importance_minimality import importance_params
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.train.optimize import optimize
 from spd.train.setup import trainable_parameters
@@ -74,7 +75,7 @@ def test_first_adamw_step_matches_the_hand_formula_for_each_tie_mode(
     config = quick_tms_config(steps=1, tied_weights_mode=mode, **DETERMINISTIC)
     reference = _model_as_optimize_builds_it(config, tms_target())
     before = [p.detach().clone() for p in trainable_parameters(reference)]
-    batch_loss(reference, _batch(), config, config.pnorm).total.backward()
+    batch_loss(reference, _batch(), config, importance_params(config).pnorm).total.backward()
     source, tied = reference.components["linear1"], reference.components["linear2"]
     if mode == "shared_storage":
         # Two parameters over one storage, two AdamW updates to the same numbers: the source's
@@ -115,7 +116,7 @@ def test_first_adamw_step_has_no_weight_decay(
     # beyond the tolerance for all but the smallest entries.
     config = quick_tms_config(steps=1, tied_weights_mode="single_parameter", **DETERMINISTIC)
     reference = _model_as_optimize_builds_it(config, tms_target())
-    batch_loss(reference, _batch(), config, config.pnorm).total.backward()
+    batch_loss(reference, _batch(), config, importance_params(config).pnorm).total.backward()
     trained = _one_optimize_step(config, tms_target())
     pairs = list(zip(trainable_parameters(reference), trainable_parameters(trained), strict=True))
     assert len(pairs) == 2 + 2 * 4  # linear1's V and U; per layer 2 CI-function weights, 2 biases

@@ -12,14 +12,16 @@ import pytest
 import torch
 import yaml
 
-from spd.config.loading import config_from_dict, load_config
-from spd.config.schema import Config, LMTaskConfig
+from spd.config.flat_loss_keys import FLAT_KEYS
+from spd.config.loading import RENAMED_KEYS, config_from_dict, load_config
+from spd.config.schema import Config
 from spd.errors import SPDUserError
+from spd.experiments.lm.config import LMTaskConfig
 from spd.experiments.resid_mlp.labels import load_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.run_decomposition import run_decomposition
 from spd.experiments.tms.models import TMSModel
-from spd.experiments.tms.tms_decomposition import make_data, summarize
+from spd.experiments.tms.task import make_data, summarize
 from spd.loading.run_config import load_run_config
 from spd.loading.run_paths import COMPLETE_MARKER, WandbRunRef, cached_run_dir
 from spd.loading.targets import load_target_model
@@ -91,7 +93,19 @@ EXPECTED_TMS = {
         {"name": "ci_histograms", "params": {}},
     ],
 }
-TMS_NOTES = 2  # eval_metrics, print_freq
+TMS_NOTES = 4  # eval_metrics, print_freq, gate_type, gate_hidden_dims
+
+
+def _flat_value(config: Config, key: str) -> object:
+    """Where a flat loss key of the original (which this format also had) lives in `losses:`."""
+    if key.endswith("_coeff"):
+        return config.loss_coeffs.get(key.removesuffix("_coeff"))
+    term = "stochastic_recon" if key == "n_mask_samples" else "importance_minimality"
+    return getattr(config.loss_params(term), key)
+
+
+# The flat loss keys it shares with this project's earlier format: one warning line each.
+TMS_FLAT_NOTES = len(FLAT_KEYS & set(ORIGINAL_TMS))
 
 
 def _original_tms_target(directory: Path, tied: bool, store_linear2: bool = True) -> Path:
@@ -140,10 +154,12 @@ def test_an_original_tms_config_loads_and_ties_as_its_target_says(
     assert dumped["figures"] == EXPECTED_TMS["figures"]
     # Every shared key keeps its value.
     for key, value in ORIGINAL_TMS.items():
-        if key not in ("eval_metrics", "print_freq"):
-            assert dumped[key] == value, key
+        if key in FLAT_KEYS:
+            assert _flat_value(config, key) == value, key
+        elif key not in ("eval_metrics", "print_freq"):
+            assert dumped[RENAMED_KEYS.get(key, key)] == value, key
     warnings = _warnings(capsys.readouterr().err)
-    assert len(warnings) == TMS_NOTES + 1, warnings  # + the tying decision
+    assert len(warnings) == TMS_NOTES + TMS_FLAT_NOTES + 1, warnings  # + the tying decision
     assert any("eval_metrics -> metrics" in w for w in warnings)
     assert any("tied_weights" in w and "training config" in w for w in warnings)
 
@@ -288,7 +304,11 @@ def test_an_original_lm_config_means_the_same_as_its_hand_translation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = load_config(_write(tmp_path / "old.yaml", ORIGINAL_LM))
-    by_hand = {k: v for k, v in ORIGINAL_LM.items() if k not in ("eval_metrics", "tokenizer_name")}
+    by_hand = {
+        RENAMED_KEYS.get(k, k): v
+        for k, v in ORIGINAL_LM.items()
+        if k not in ("eval_metrics", "tokenizer_name")
+    }
     by_hand |= {
         "metrics": [
             {"name": "ci_l0"},
@@ -309,8 +329,10 @@ def test_an_original_lm_config_means_the_same_as_its_hand_translation(
     assert config == config_from_dict(by_hand)
     assert isinstance(config.task_config, LMTaskConfig)
     assert config.task_config.text_column == "story"
-    # eval_metrics, column_name, train_data_split, eval_data_split, is_tokenized, tokenizer_name
-    assert len(_warnings(capsys.readouterr().err)) == 6
+    # eval_metrics, column_name, train_data_split, eval_data_split, is_tokenized, tokenizer_name,
+    # gate_type, gate_hidden_dims, and one line per flat loss key
+    warnings = [w for w in _warnings(capsys.readouterr().err) if "old.yaml" in w]
+    assert len(warnings) == 8 + len(FLAT_KEYS & set(ORIGINAL_LM))
 
 
 def _spd_config(*args: str) -> subprocess.CompletedProcess[str]:
@@ -328,7 +350,7 @@ def test_spd_config_upgrade_writes_a_config_that_loads_without_translation(tmp_p
     old = _write(tmp_path / "old.yaml", {**ORIGINAL_TMS, "pretrained_model_path": str(weights)})
     result = _spd_config("upgrade", str(old))
     assert result.returncode == 0, result.stderr
-    assert len(_warnings(result.stderr)) == TMS_NOTES + 1
+    assert len(_warnings(result.stderr)) == TMS_NOTES + TMS_FLAT_NOTES + 1
     new = tmp_path / "new.yaml"
     new.write_text(result.stdout)
     upgraded = yaml.safe_load(result.stdout)

@@ -7,20 +7,23 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
 import yaml
+from pydantic import Field
 
+from spd.config.loading import config_from_dict
+from spd.config.schema import TaskConfig
+from spd.config.task_registry import TASKS
 from spd.errors import SPDUserError
-from spd.experiments import tasks
 from spd.experiments.generic.data_source import import_data_source
 from spd.experiments.resid_mlp.labels import load_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP
 from spd.experiments.resid_mlp.train_resid_mlp import RECIPES as RESID_RECIPES
 from spd.experiments.tasks import Task, get_task, register_task
-from spd.experiments.tms.tms_decomposition import make_data as tms_make_data
+from spd.experiments.tms.task import make_data as tms_make_data
 from spd.experiments.tms.train_tms import RECIPES as TMS_RECIPES
 from spd.launch.commands import run_command
 from spd.launch.plan import LaunchSettings, plan_runs
@@ -76,6 +79,18 @@ def wrong_batch(batch_size, seed):
     while True:
         yield torch.ones(batch_size + 1, 4)
 '''
+
+
+class MyTaskConfig(TaskConfig):
+    """The block of a plug-in task registered by a test."""
+
+    task_name: Literal["my_task"] = Field(default="my_task", description="Selects this task")
+    width: int = Field(default=3, description="A setting of the plug-in's data")
+
+
+def _tms_config_dict() -> dict[str, Any]:
+    return yaml.safe_load((TMS_DIR / "tms_5_2_config.yaml").read_text())
+
 
 QUICK: dict[str, Any] = {
     "steps": 20,
@@ -151,7 +166,7 @@ def test_a_users_module_and_data_source_run_by_spd_run_config_and_reload_bitwise
     assert type(loaded.target).__name__ == "Squeeze"
     saved = torch.load(run_dir / "checkpoints" / "model_00000020.pth", weights_only=False)
     state = loaded.decomposition_state()
-    for part in ("components", "gates"):
+    for part in ("components", "ci_fns"):
         assert state[part].keys() == saved["decomposition"][part].keys()
         for key, tensor in saved["decomposition"][part].items():
             assert torch.equal(state[part][key], tensor), key
@@ -224,7 +239,7 @@ def test_a_config_that_names_no_runnable_task_is_one_line(
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("SPD_OUT_DIR", str(tmp_path / "out"))
     with pytest.raises(
-        SPDUserError, match=r"task_config.*'vision'.*tms.*resid_mlp.*lm.*generic"
+        SPDUserError, match=r"task_config.*'vision'.*generic.*lm.*resid_mlp.*tms"
     ) as err:
         spd_run(["--config", str(path), "--local"])
     assert "\n" not in str(err.value)
@@ -444,11 +459,40 @@ def test_tasks_are_looked_up_by_name_and_a_plug_in_can_register_one(
     assert get_task("generic").check is not None
     with pytest.raises(SPDUserError, match="'my_task' names no runnable task; runnable: generic"):
         get_task("my_task")
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # the plug-in stays in this test
-    plug_in = Task(name="my_task", make_data=tms_make_data, summarize=lambda _r, _c: {})
+    # The plug-in stays in this test.
+    monkeypatch.setattr(TASKS, "_plugins", dict(TASKS._plugins))  # pyright: ignore[reportPrivateUsage]
+    plug_in = Task(
+        name="my_task", config_class=MyTaskConfig, make_data=tms_make_data, summarize=lambda *_: {}
+    )
     assert register_task(plug_in) is plug_in and get_task("my_task") is plug_in
+    # A config of the new task validates with its block, and its keys are checked.
+    config = config_from_dict({**_tms_config_dict(), "task_config": {"task_name": "my_task"}})
+    assert isinstance(config.task_config, MyTaskConfig) and config.task_config.width == 3
+    with pytest.raises(
+        SPDUserError, match=r"unknown config key 'task_config\.widht'; did you mean 'width'"
+    ):
+        config_from_dict(
+            {**_tms_config_dict(), "task_config": {"task_name": "my_task", "widht": 4}}
+        )
     with pytest.raises(ValueError, match="registered twice"):
-        register_task(Task(name="my_task", make_data=tms_make_data, summarize=lambda *_: {}))
+        register_task(
+            Task(
+                name="my_task",
+                config_class=MyTaskConfig,
+                make_data=tms_make_data,
+                summarize=lambda *_: {},
+            )
+        )
+    # A block that does not select its task is a bug in the plug-in.
+    with pytest.raises(ValueError, match=r"MyTaskConfig.task_name must be Literal\['other'\]"):
+        register_task(
+            Task(
+                name="other",
+                config_class=MyTaskConfig,
+                make_data=tms_make_data,
+                summarize=lambda *_: {},
+            )
+        )
 
 
 def test_a_generic_run_continues_with_spd_run_resume(

@@ -5,7 +5,7 @@ import pytest
 from spd.config.loading import load_config
 from spd.errors import SPDUserError
 from spd.experiments.registry import EXPERIMENT_REGISTRY, get_experiment
-from spd.scripts.run import selected_experiments
+from spd.launch.options import selected_experiments
 
 
 @pytest.mark.parametrize("name", ["tms_5-2", "tms_5-2-id", "tms_40-10", "tms_40-10-id"])

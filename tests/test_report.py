@@ -1,6 +1,7 @@
 """The HTML run report and the `spd-report` summary page, built from real run directories."""
 
 import base64
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import pytest
 from spd.errors import SPDUserError
 from spd.persistence.run_dir import read_metrics
 from spd.scripts.report import main as report_main
+from spd.tracking.curves import curves_html, metric_series
 from spd.tracking.report import final_metric_values, latest_figures
 from tests.tiny_runs import run_tiny_tms
 
@@ -90,14 +92,21 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
 def test_run_report_shows_final_metrics_figures_and_config(two_runs: list[Path]) -> None:
     run_dir = two_runs[0]
     page = parse(run_dir / "report.html")
-    assert page.sections == ["metrics", "figures", "config"]
+    assert page.sections == ["headline", "curves", "metrics", "figures", "config"]
     assert page.external == []
 
-    # Every metric's last logged value and step.
+    # Every metric's last logged value and step, an eval/ value that final/ repeats shown once.
     table = {row[0]: row[1:] for row in page.rows if len(row) == 3 and row[0] != "metric"}
     last = final_metric_values(read_metrics(run_dir))
-    assert set(table) == set(last)
-    for key, (step, value) in last.items():
+    repeats = {
+        key
+        for key in last
+        if key.startswith("eval/") and last.get("final/" + key[len("eval/") :]) == last[key]
+    }
+    assert "eval/mmcs/linear1" in repeats
+    assert set(table) == set(last) - repeats
+    for key in table:
+        step, value = last[key]
         assert table[key] == [f"{value:.4g}", str(step)]
     assert "final/mmcs/linear1" in table and table["final/mmcs/linear1"][1] == "20"
 
@@ -120,7 +129,7 @@ def test_summary_page_compares_runs(
     report_main([str(p) for p in two_runs] + ["--out", str(out), "--title", "Seeds"])
     assert "2 run(s)" in capsys.readouterr().out
     page = parse(out)
-    assert page.sections == ["runs", "metrics", "config", "figures"]
+    assert page.sections == ["runs", "curves", "metrics", "config", "figures"]
     assert page.external == []
     names = [p.name for p in two_runs]
     assert (
@@ -184,3 +193,30 @@ def test_latest_figures_picks_highest_step_per_name(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     found = [(f.name, f.step) for f in latest_figures(tmp_path)]
     assert found == [("ci", 40), ("feature_vectors_linear1", 300)]
+
+
+def test_curves_plot_every_series_with_log_scale_where_values_span_decades() -> None:
+    rows = [
+        {
+            "step": s,
+            "train/loss/total": 10.0 ** (-s / 10),
+            "train/lr": 1e-3,
+            "train/p": 2.0 - s / 20,
+        }
+        for s in range(0, 31, 10)
+    ] + [{"step": 30, "eval/mmcs/linear1": 0.9, "final/mmcs/linear1": 0.9}]
+    series = metric_series(rows)
+    assert series["train/loss/total"] == [(s, 10.0 ** (-s / 10)) for s in (0, 10, 20, 30)]
+    page = curves_html([("a", series), ("b", {"train/lr": [(0, 2e-3), (30, 2e-3)]})])
+    charts = dict(re.findall(r'data-group="([^"]+)"><h3>[^<]*</h3><svg[^>]*data-log="(\w+)"', page))
+    # Three decades of loss: log scale; a flat lr and a p from 2 to 0.5: linear.
+    assert charts == {
+        "train/loss": "true",
+        "train/lr": "false",
+        "train/p": "false",
+        "eval/mmcs": "false",  # one chart per family, a line per layer
+        "final/mmcs": "false",
+    }
+    lr_chart = page[page.index('data-group="train/lr"') :].split("</div>", 1)[0]
+    assert lr_chart.count('class="series"') == 2  # both runs overlaid
+    assert "lr · a" in lr_chart and "lr · b" in lr_chart

@@ -39,6 +39,7 @@ from spd.experiments.resid_mlp.plots import (
     subcomponent_neuron_contributions,
     target_neuron_contributions,
 )
+from spd.losses.terms.importance_minimality import importance_params
 from spd.models.component_model import ComponentModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,14 +137,16 @@ def test_registry_and_configs_follow_the_spec() -> None:
         spec = EXPERIMENT_REGISTRY[name]
         assert spec.decomp_script.exists() and spec.target_train_script is not None
         config = load_config(spec.config_path)
-        assert (config.C, config.lr, config.importance_minimality_coeff, config.steps) == (
+        importance = config.loss_coeffs["importance_minimality"]
+        assert (config.C, config.lr, importance, config.steps) == (
             C,
             lr,
             imp,
             steps,
         )
-        assert config.gate_hidden_dims == hidden
-        assert (config.pnorm, config.batch_size, config.lr_schedule) == (2.0, 2048, "constant")
+        assert config.ci_fn_hidden_dims == hidden
+        p = importance_params(config).pnorm
+        assert (p, config.batch_size, config.lr_schedule) == (2.0, 2048, "constant")
         assert config.loss_coeffs["stochastic_recon"] == config.loss_coeffs["faithfulness"] == 1.0
         assert config.loss_coeffs["stochastic_recon_layerwise"] == 1.0
         assert config.pretrained_model_path is not None
@@ -305,7 +308,7 @@ def test_dense_pattern_over_layers() -> None:
 
 
 def test_broadly_active_neurons_bound_the_dense_mlp_out_subcomponents() -> None:
-    from spd.experiments.resid_mlp.resid_mlp_decomposition import ci_pattern_scores
+    from spd.experiments.resid_mlp.scores import ci_pattern_scores
 
     target = ResidMLP(ResidMLPModelConfig(n_features=10, d_embed=20, d_mlp=4, n_layers=1))
     # Planted pre-activations per unit input (features × neurons): neuron 0 positive for every

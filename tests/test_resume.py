@@ -14,12 +14,13 @@ from spd.data import sparse_features
 from spd.data.sparse_features import SparseFeatureData
 from spd.data.stream_state import TrackedStream
 from spd.errors import SPDUserError
-from spd.experiments.tms.tms_decomposition import make_data
+from spd.experiments.tms.task import make_data
 from spd.loading.targets import load_target_model
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.persistence.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
 from spd.persistence.rng_state import capture_rng_state, restore_rng_state
 from spd.persistence.run_dir import RunDirectory, read_metrics
+from spd.train.data_shard import data_shard
 from spd.train.optimize import OptimizeResult, optimize
 from tests.resumable_runs import assert_bitwise_equal, decomposition_tensors, tiny_config
 
@@ -48,7 +49,7 @@ def run(
     """`optimize()` on fresh target and data objects, optionally stopping after step `stop_after`."""
     device = resolve_device(config.device)
     target = load_target_model(config)
-    train, evaluation = make_data(config, target, device)
+    train, evaluation = make_data(config, target, device, data_shard(config))
     last_step = -1
 
     def on_step_end(step: int) -> None:
@@ -112,8 +113,8 @@ def test_stop_and_resume_is_bitwise_identical(
     # The full-state checkpoint still loads as a plain model.
     loaded = ComponentModel.from_pretrained(run_dir.path).decomposition_state()
     assert all(
-        torch.equal(v, second.model.decomposition_state()["gates"][k])
-        for k, v in loaded["gates"].items()
+        torch.equal(v, second.model.decomposition_state()["ci_fns"][k])
+        for k, v in loaded["ci_fns"].items()
     )
     # keep_last_checkpoints=2: the newest two remain (the final one among them).
     kept = sorted(p.name for p in run_dir.checkpoints.glob("model_*.pth"))
@@ -135,13 +136,13 @@ def test_resume_may_extend_steps(tmp_path: Path, device: torch.device) -> None:
     ("change", "field"),
     [
         ({"C": 10}, "C"),
-        ({"gate_type": "vector_mlp"}, "gate_type"),
-        ({"gate_hidden_dims": [8]}, "gate_hidden_dims"),
+        ({"ci_fn_type": "vector_mlp"}, "ci_fn_type"),
+        ({"ci_fn_hidden_dims": [8]}, "ci_fn_hidden_dims"),
         ({"sigmoid_type": "hard"}, "sigmoid_type"),
         ({"tied_weights": None}, "tied_weights"),
         ({"target_module_patterns": ["linear1"], "tied_weights": None}, "target_module_patterns"),
-        ({"importance_minimality_coeff": 0.5}, "importance_minimality_coeff"),
-        ({"pnorm": 2.0}, "pnorm"),
+        ({"importance_minimality_coeff": 0.5}, "losses.importance_minimality.coeff"),
+        ({"pnorm": 2.0}, "losses.importance_minimality.params.pnorm"),
         (
             {"task_config": {"task_name": "tms", "feature_probability": 0.2}},
             "task_config.feature_probability",
@@ -226,7 +227,7 @@ def test_checkpoint_with_nan_parameters_is_not_written(tmp_path: Path) -> None:
     run_dir = RunDirectory.create(tmp_path, "nan")
     save_checkpoint(run_dir, 1, model, config)
     with torch.no_grad():
-        next(iter(model.gates.parameters())).view(-1)[0] = float("nan")
+        next(iter(model.ci_fns.parameters())).view(-1)[0] = float("nan")
     with pytest.raises(FloatingPointError, match="at step 2; checkpoint not written"):
         save_checkpoint(run_dir, 2, model, config)
     assert latest_checkpoint(run_dir.path) == checkpoint_path(run_dir, 1)

@@ -49,6 +49,9 @@ class FakeApi:
     runs: ClassVar[dict[str, list[FakeFile]]] = {}
     calls: ClassVar[list[str]] = []
 
+    def __init__(self, timeout: int | None = None) -> None:
+        self.timeout = timeout
+
     def run(self, path: str) -> "FakeApi":
         FakeApi.calls.append(path)
         if path not in FakeApi.runs:
@@ -63,6 +66,7 @@ class FakeApi:
 @pytest.fixture
 def fake_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[FakeApi]:
     monkeypatch.setattr(wandb, "Api", FakeApi)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # the fake server takes any key
     monkeypatch.setattr(FakeApi, "runs", {})
     monkeypatch.setattr(FakeApi, "calls", [])
     monkeypatch.setenv("SPD_CACHE_DIR", str(tmp_path / "cache"))

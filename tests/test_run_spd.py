@@ -11,10 +11,11 @@ from torch import Tensor
 from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.experiments.run_decomposition import run_decomposition
-from spd.experiments.tms import tms_decomposition
+from spd.experiments.tms import task as tms_task
 from spd.experiments.tms.models import TMSModel
 from spd.models.component_model import DecomposedModule
 from spd.persistence.run_dir import RunDirectory, read_metrics
+from spd.train.data_shard import data_shard
 from spd.train.optimize import optimize
 from spd.train.setup import trainable_parameters
 from tests.fixture_types import ConfigFactory, TargetFactory
@@ -24,7 +25,7 @@ CPU = torch.device("cpu")
 
 
 def _tms_streams(config: Config, target: TMSModel) -> tuple[Iterator[Tensor], Iterator[Tensor]]:
-    return tms_decomposition.make_data(config, target, CPU)
+    return tms_task.make_data(config, target, CPU, data_shard(config))
 
 
 def test_short_tms_decomposition_lowers_the_loss(
@@ -35,7 +36,7 @@ def test_short_tms_decomposition_lowers_the_loss(
     )
     target = tms_target()
     sink = RecordingSink()
-    streams = tms_decomposition.make_data(config, target, device)
+    streams = tms_task.make_data(config, target, device, data_shard(config))
     optimize(target, config, device, *streams, sinks=[sink], show_progress=False)
     loss = sink.series("train/loss/total")
     faithfulness = sink.series("train/loss/faithfulness")
@@ -197,7 +198,7 @@ def test_a_run_writes_config_metrics_figures_checkpoints_and_summary(
         run_name="outputs",
     )
     run = run_decomposition(
-        config, "tms", tms_decomposition.make_data, tms_decomposition.summarize, show_progress=False
+        config, "tms", tms_task.make_data, tms_task.summarize, show_progress=False
     )
     path = run.path
     assert path.parent == tmp_path / "runs" and path.name.endswith("-outputs")
@@ -236,11 +237,11 @@ def test_a_new_run_never_reuses_a_directory(
     )  # same second
     config = quick_tms_config(steps=2, run_name="same")
     first = run_decomposition(
-        config, "tms", tms_decomposition.make_data, tms_decomposition.summarize, show_progress=False
+        config, "tms", tms_task.make_data, tms_task.summarize, show_progress=False
     )
     before = {p: p.read_bytes() for p in first.path.rglob("*") if p.is_file()}
     second = run_decomposition(
-        config, "tms", tms_decomposition.make_data, tms_decomposition.summarize, show_progress=False
+        config, "tms", tms_task.make_data, tms_task.summarize, show_progress=False
     )
     assert first.path.name == "20250101-000000-same"
     assert second.path.name == "20250101-000000-same-1"

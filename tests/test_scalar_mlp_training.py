@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spd.config.loading import load_config
-from spd.experiments.tms.tms_decomposition import make_data
+from spd.experiments.tms.task import make_data
 from spd.loading.targets import load_target_model
-from spd.models import components as components_module
 from spd.models import scalar_mlp as scalar_mlp_module
+from spd.models.ci_fns import mlp as mlp_ci_fn_module
 from tests.logged_runs import LOG_EVERY_STEP, logged_run
 from tests.paths import REPO_ROOT
 
@@ -30,7 +30,7 @@ def _train(
     config = load_config(TMS_40_10_CONFIG, overrides)
     with monkeypatch.context() as patch:
         if plain:
-            patch.setattr(components_module, "scalar_mlp", _plain_scalar_mlp)
+            patch.setattr(mlp_ci_fn_module, "scalar_mlp", _plain_scalar_mlp)
         return logged_run(load_target_model(config), config, make_data)
 
 

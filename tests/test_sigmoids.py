@@ -36,7 +36,7 @@ def test_lower_leaky_hard_sigmoid_clamps_forward() -> None:
 
 
 def test_lower_leaky_hard_sigmoid_gradient_leaks_below_zero_only() -> None:
-    # Slope 1 on (0, 1], 0.01 for x <= 0 (dead gates recover), 0 above 1.
+    # Slope 1 on (0, 1], 0.01 for x <= 0 (a closed CI function can reopen), 0 above 1.
     _, grads = _value_and_grad(lower_leaky_hard_sigmoid, POINTS)
     assert grads == pytest.approx([0.01, 0.01, 0.01, 1.0, 1.0, 0.0, 0.0])
 

@@ -157,7 +157,8 @@ def test_offline_run_records_config_name_and_history(offline_run: OfflineRun) ->
     records = _read_wandb_records(log)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert config["C"] == 20 and config["importance_minimality_coeff"] == 3e-3
+    importance = [entry for entry in config["losses"] if entry["name"] == "importance_minimality"]
+    assert config["C"] == 20 and [entry["coeff"] for entry in importance] == [3e-3]
     assert config["wandb_tags"] == ["tiny", "offline"]
     assert run.display_name.startswith("pre-tms-C20-")
     assert run.run_group == "test-group"
@@ -233,11 +234,15 @@ def test_uploaded_files_load_back_identically(
             return [ServedFile(p) for p in files_dir.rglob("*") if p.is_file()]
 
     class FakeApi:
+        def __init__(self, timeout: int | None = None) -> None:
+            self.timeout = timeout
+
         def run(self, path: str) -> ServedRun:
             assert path == "me/spd-tests/abc123"
             return ServedRun()
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("SPD_CACHE_DIR", str(tmp_path / "cache"))
     from_wandb = ComponentModel.from_pretrained("wandb:me/spd-tests/runs/abc123")
     local = ComponentModel.from_pretrained(offline_run.run_dir)

@@ -6,7 +6,7 @@ from spd.config.loading import load_config
 from spd.config.schema import Config
 from spd.experiments.registry import get_experiment
 from spd.experiments.run_decomposition import DecompositionRun, run_decomposition
-from spd.experiments.tms.tms_decomposition import make_data, summarize
+from spd.experiments.tms.task import make_data, summarize
 
 TINY_OVERRIDES: dict[str, Any] = {
     "steps": 20,

@@ -5,9 +5,11 @@ Per decomposed layer of C subcomponents, over every token position seen:
 - its k positions of highest CI and k firing positions drawn uniformly at random, each kept with a
   window of tokens around it and the subcomponent's CI at every token of the window;
 - how often it fires on each vocabulary token (with the token's own count, this gives precision);
-and, across all layers, how often each pair of subcomponents fires on the same token.
+and, across all layers, how often each subcomponent fires on the same token as each of its
+`n_partners` most frequent partners (`PartnerCounts`).
 
-Every size depends on C, the vocabulary, k and the window, never on the number of tokens. The
+Every size depends on C, the vocabulary, k and the window, never on the number of tokens, and the
+co-firing counts grow linearly in the number of subcomponents (not with its square). The
 random sample is a reservoir by random keys: each firing position gets a uniform key and the k
 smallest keys seen are kept, which is a uniform sample without replacement of all firing positions.
 """
@@ -32,6 +34,7 @@ class AccumulatorSettings:
     context_before: int
     context_after: int
     n_bins: int
+    n_partners: int = 32
 
     @property
     def window(self) -> int:
@@ -160,6 +163,57 @@ class LayerAccumulator:
         self.random.load_state_dict(state["random"])
 
 
+class PartnerCounts:
+    """Per subcomponent (of all layers, numbered in layer order), `m` partner slots: the partner's
+    number and how often both fired on the same position.
+
+    A batch's co-firing counts are formed only among the subcomponents that fired in it, a block
+    of rows at a time, and merged into the slots: a partner already kept adds its count, the others
+    compete with the kept ones and the `m` largest stay. The counts are exact for every
+    subcomponent with at most `m` distinct partners; otherwise a partner that was dropped and
+    comes back restarts from zero (a lower bound), which keeps the frequent partners.
+    """
+
+    def __init__(self, total: int, m: int, device: torch.device, row_block: int = 256) -> None:
+        # Rows of a batch's co-firing block formed at once: bounds its memory.
+        self.row_block = row_block
+        self.index = torch.full((total, m), -1, dtype=torch.int64, device=device)
+        self.count = torch.zeros(total, m, dtype=torch.int64, device=device)
+
+    def update(self, fires: Tensor) -> None:
+        """Count one batch's (positions, total) firing mask."""
+        active = fires.any(0).nonzero().squeeze(1)
+        n_active = active.numel()
+        if n_active == 0:
+            return
+        # Exact in float32: a batch has far fewer than 2^24 positions.
+        on = fires[:, active].float()
+        local_of = torch.full((self.index.shape[0] + 1,), n_active, device=fires.device)
+        local_of[active] = torch.arange(n_active, device=fires.device)
+        for start in range(0, n_active, self.row_block):
+            rows = active[start : start + self.row_block]
+            block = (on[:, start : start + self.row_block].T @ on).long()  # (rows, n_active)
+            block[torch.arange(rows.numel()), torch.arange(start, start + rows.numel())] = 0
+            block = torch.nn.functional.pad(block, (0, 1))  # a column for "not active"
+            kept, counts = self.index[rows], self.count[rows]
+            local = local_of[kept]  # a kept partner's column in the block (empty slots: -1 → last)
+            counts = counts + block.gather(1, local)
+            block.scatter_(1, local, 0)  # counted once: as the kept slot
+            all_index = torch.cat([kept, active.expand(rows.numel(), -1)], dim=1)
+            all_count = torch.cat([counts, block[:, :n_active]], dim=1)
+            best = all_count.topk(self.index.shape[1], dim=1)
+            self.count[rows] = best.values
+            self.index[rows] = torch.where(best.values > 0, all_index.gather(1, best.indices), -1)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"index": self.index.cpu(), "count": self.count.cpu()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        device = self.index.device
+        self.index = state["index"].to(device)
+        self.count = state["count"].to(device)
+
+
 class AnalysisAccumulator:
     """Every layer's statistics, the token counts and the co-firing counts of a whole pass."""
 
@@ -179,7 +233,7 @@ class AnalysisAccumulator:
         }
         total = sum(layer_sizes.values())
         self.token_count = torch.zeros(vocab_size, dtype=torch.int64, device=device)
-        self.cofire = torch.zeros(total, total, dtype=torch.int64, device=device)
+        self.cofire = PartnerCounts(total, settings.n_partners, device)
         self.n_tokens = 0
         self.n_batches = 0
         # The reservoir keys come from a CPU generator so a pass continues identically on either device.
@@ -192,9 +246,7 @@ class AnalysisAccumulator:
         fires = [
             layer.update(tokens, ci[name], self.generator) for name, layer in self.layers.items()
         ]
-        # Exact in float32: a batch has far fewer than 2^24 positions.
-        all_fires = torch.cat(fires, dim=1).float()
-        self.cofire += (all_fires.T @ all_fires).long()
+        self.cofire.update(torch.cat(fires, dim=1))
         self.token_count += torch.bincount(tokens.flatten(), minlength=self.vocab_size)
         self.n_tokens += tokens.numel()
         self.n_batches += 1
@@ -206,7 +258,7 @@ class AnalysisAccumulator:
             "vocab_size": self.vocab_size,
             "layers": {name: layer.state_dict() for name, layer in self.layers.items()},
             "token_count": self.token_count.cpu(),
-            "cofire": self.cofire.cpu(),
+            "cofire": self.cofire.state_dict(),
             "n_tokens": self.n_tokens,
             "n_batches": self.n_batches,
             "generator": self.generator.get_state(),
@@ -217,14 +269,14 @@ class AnalysisAccumulator:
         for name, layer in self.layers.items():
             layer.load_state_dict(state["layers"][name])
         self.token_count = state["token_count"].to(device)
-        self.cofire = state["cofire"].to(device)
+        self.cofire.load_state_dict(state["cofire"])
         self.n_tokens = state["n_tokens"]
         self.n_batches = state["n_batches"]
         self.generator.set_state(state["generator"])
 
     def nbytes(self) -> int:
         """Bytes held by the statistics: constant over the pass."""
-        tensors = [self.token_count, self.cofire]
+        tensors = [self.token_count, self.cofire.index, self.cofire.count]
         for layer in self.layers.values():
             tensors += [layer.fire_count, layer.ci_sum, layer.histogram, layer.token_fires]
             for slots in (layer.top, layer.random):

@@ -14,7 +14,7 @@ from spd.config.device import resolve_device
 from spd.config.loading import load_config
 from spd.errors import SPDUserError
 from spd.models.component_model import ComponentModel
-from spd.persistence.checkpoints import latest_checkpoint
+from spd.persistence.checkpoint_check import newest_good_checkpoint
 from spd.persistence.run_dir import CONFIG_FILE
 
 
@@ -37,30 +37,41 @@ class PassOptions:
     show_progress: bool = True
 
 
-def analyze_run(run_dir: Path, options: PassOptions) -> Path:
-    """Stream `options.n_tokens` tokens of the run's data through its decomposition; returns the
-    path of the written analysis.json. Continues a stopped pass with the same options."""
+def _check_pass(run_dir: Path, options: PassOptions) -> None:
+    """The run directory and the options must make sense before anything is loaded."""
     if not (run_dir / CONFIG_FILE).is_file():
         raise SPDUserError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     if options.n_tokens < 1:
         raise SPDUserError(f"--tokens must be at least 1, got {options.n_tokens}")
     if options.split not in ("train", "eval"):
         raise SPDUserError(f"--split must be 'train' or 'eval', got '{options.split}'")
+
+
+def _accumulator_settings(
+    options: PassOptions, run_threshold: float, kind: str
+) -> AccumulatorSettings:
+    """The accumulators' settings; toy data has no token context to keep."""
+    return AccumulatorSettings(
+        threshold=run_threshold if options.threshold is None else options.threshold,
+        top_k=options.top_k,
+        n_random=options.n_random,
+        context_before=0 if kind == "toy" else options.context_before,
+        context_after=0 if kind == "toy" else options.context_after,
+        n_bins=options.n_bins,
+    )
+
+
+def analyze_run(run_dir: Path, options: PassOptions) -> Path:
+    """Stream `options.n_tokens` tokens of the run's data through its decomposition; returns the
+    path of the written analysis.json. Continues a stopped pass with the same options."""
+    _check_pass(run_dir, options)
     config = load_config(run_dir / CONFIG_FILE)
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint, _ = newest_good_checkpoint(run_dir, training_state=False)
     device = resolve_device(options.device)
     model = ComponentModel.from_pretrained(checkpoint)
     batch_size = options.batch_size or config.eval_batch_size
     source = pass_source(model, config, options.split, batch_size, device)
-    threshold = config.ci_alive_threshold if options.threshold is None else options.threshold
-    settings = AccumulatorSettings(
-        threshold=threshold,
-        top_k=options.top_k,
-        n_random=options.n_random,
-        context_before=0 if source.kind == "toy" else options.context_before,
-        context_after=0 if source.kind == "toy" else options.context_after,
-        n_bins=options.n_bins,
-    )
+    settings = _accumulator_settings(options, config.ci_alive_threshold, source.kind)
     acc = AnalysisAccumulator(
         {name: model.C for name in model.module_names}, len(source.vocab), settings, device
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from spd.analysis.analyze import PassOptions, analyze_run
 from spd.analysis.browser import write_browser
+from spd.config.option_types import non_negative_int, positive_int, unit_interval
 from spd.errors import OneLineArgumentParser, run_cli
 
 DEFAULTS = PassOptions()
@@ -25,42 +26,47 @@ def analyze_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("run_dir", type=Path, help="a decomposition's run directory")
-    add("--tokens", type=int, default=DEFAULTS.n_tokens, help="tokens (toys: examples) to stream")
+    add(
+        "--tokens",
+        type=positive_int,
+        default=DEFAULTS.n_tokens,
+        help="tokens to stream (toys: rows)",
+    )
     add("--split", choices=["eval", "train"], default=DEFAULTS.split, help="which data split")
     add(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="sequences per batch (default: the run's eval_batch_size)",
     )
     add(
         "--threshold",
-        type=float,
+        type=unit_interval,
         default=None,
         help="a subcomponent fires where its CI exceeds this (default: the run's ci_alive_threshold)",
     )
-    add("--top-k", type=int, default=DEFAULTS.top_k, help="top contexts kept per subcomponent")
+    add("--top-k", type=positive_int, default=DEFAULTS.top_k, help="top contexts per subcomponent")
     add(
         "--n-random",
-        type=int,
+        type=non_negative_int,
         default=DEFAULTS.n_random,
         help="random firing contexts kept per subcomponent",
     )
     add(
         "--context-before",
-        type=int,
+        type=non_negative_int,
         default=DEFAULTS.context_before,
         help="tokens shown before the firing one",
     )
     add(
         "--context-after",
-        type=int,
+        type=non_negative_int,
         default=DEFAULTS.context_after,
         help="tokens shown after the firing one",
     )
     add(
         "--save-every",
-        type=int,
+        type=positive_int,
         default=DEFAULTS.save_every,
         help="save the pass's state every this many batches",
     )

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from spd.analysis.accumulators import AnalysisAccumulator
 from spd.errors import SPDUserError
+from spd.loading.weights_only import load_weights_only
 from spd.persistence.atomic_files import atomic_torch_save
 from spd.persistence.preemption import StopOnSignal, exit_preempted
 
@@ -29,11 +30,24 @@ Batch = tuple[Int[Tensor, "batch seq"], Tensor]
 CIFunction = Callable[[Tensor], dict[str, Float[Tensor, "batch seq C"]]]
 
 
+def _is_state(state: Any) -> bool:
+    return (
+        isinstance(state, dict)
+        and isinstance(state.get("source"), dict)
+        and isinstance(state.get("accumulator"), dict)
+        and isinstance(state["accumulator"].get("settings"), dict)
+    )
+
+
 def restore_state(acc: AnalysisAccumulator, path: Path, source: dict[str, Any]) -> bool:
     """Load a saved state into `acc` if there is one for the same source and settings."""
-    if not path.is_file():
+    if not path.exists():
         return False
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_weights_only(path, "analysis state", "add --fresh to start the pass over")
+    if not _is_state(state):
+        raise SPDUserError(
+            f"{path} is not an analysis state written by spd-analyze; add --fresh to start over"
+        )
     saved = {"source": state["source"], "settings": state["accumulator"]["settings"]}
     wanted = {"source": source, "settings": asdict(acc.settings)}
     if saved != wanted:

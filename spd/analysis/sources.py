@@ -1,10 +1,12 @@
 """What an analysis pass reads for each kind of run: the vocabulary, the batches and the CI function.
 
-A language-model run reads token sequences of its dataset (`lm_batches`, seeded, so a rerun draws
-the same batches); a position's token is the input token there. A toy run (TMS, residual MLP) reads
-its task's sparse feature vectors; each example is a sequence of length one whose "token" is its
-strongest active feature (`f<i>`), or `(none)` when no feature is active. Toys also get the CI of
-every one-hot input and each subcomponent's read and write vectors.
+The run's task says how its data is read (`Task.analysis_source`). A task of token sequences (a
+language model) gives seeded token batches of its dataset, so a rerun draws the same batches; a
+position's token is the input token there. A task of feature vectors (the toys) gives its sparse
+feature vectors; each example is a sequence of length one whose "token" is its strongest active
+feature (`f<i>`), or `(none)` when no feature is active. Those also get the CI of every one-hot
+input and each subcomponent's read and write vectors. A task of other inputs (the `generic`
+task) gives its data source's batches (`generic_source`).
 """
 
 from collections.abc import Iterator
@@ -17,20 +19,16 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from spd.analysis.directions import aligned_tokens
+from spd.analysis.generic_source import generic_source
 from spd.analysis.pass_loop import Batch, CIFunction
-from spd.config.schema import Config, LMTaskConfig, ResidMLPTaskConfig, TMSTaskConfig
-from spd.data.lm_data import lm_batches, load_tokenizer
-from spd.data.sparse_features import SparseFeatureData
+from spd.config.schema import Config
+from spd.data.lm_data import load_tokenizer
 from spd.errors import SPDUserError
-from spd.experiments.lm.lm_decomposition import prepare_target
-from spd.experiments.resid_mlp import resid_mlp_decomposition
+from spd.experiments.tasks import FeatureSource, InputSource, TokenSource, get_task
 from spd.models.component_model import ComponentModel
 
 # A fixed seed of its own: the pass's batches differ from the decomposition's training batches.
 ANALYSIS_SEED = 2_718_281
-TOY_ONE_HOT_VALUE = {"tms": 1.0, "resid_mlp": resid_mlp_decomposition.ONE_HOT_VALUE}
-# The value range of an active feature, as each toy's decomposition script draws it.
-TOY_VALUE_RANGE = {"tms": (0.0, 1.0), "resid_mlp": resid_mlp_decomposition.VALUE_RANGE}
 
 
 @dataclass
@@ -55,14 +53,17 @@ def _ci_function(model: ComponentModel, config: Config, sequence: bool) -> CIFun
 
 
 def lm_source(
-    model: ComponentModel, config: Config, split: str, batch_size: int, device: torch.device
+    source: TokenSource,
+    model: ComponentModel,
+    config: Config,
+    split: str,
+    batch_size: int,
+    device: torch.device,
 ) -> PassSource:
     """Token batches of the run's dataset (`split`: 'train' or 'eval'), vocabulary and aligned tokens."""
-    task = config.task_config
-    assert isinstance(task, LMTaskConfig)
-    prepare_target(model.target)
+    source.prepare_target(model.target)
     model.to(device)
-    tokenizer = load_tokenizer(task.tokenizer_name)
+    tokenizer = load_tokenizer(source.tokenizer_name(config))
     get_embeddings = getattr(model.target, "get_input_embeddings", None)
     embeddings = get_embeddings() if callable(get_embeddings) else None
     vocab_size = getattr(getattr(embeddings, "original", embeddings), "num_embeddings", None)
@@ -71,8 +72,7 @@ def lm_source(
             f"{type(model.target).__name__} has no input embedding to size the vocabulary"
         )
     vocab = [str(tokenizer.decode([i])) for i in range(vocab_size)]
-    split_name = task.eval_split if split == "eval" else task.train_split
-    tokens = lm_batches(task, tokenizer, split_name, batch_size, ANALYSIS_SEED)
+    tokens, described = source.batches(config, split, batch_size, ANALYSIS_SEED)
 
     def batches() -> Iterator[Batch]:
         for batch in tokens:
@@ -80,34 +80,30 @@ def lm_source(
             yield on_device, on_device
 
     return PassSource(
-        kind="lm",
+        kind="tokens",
         vocab=vocab,
         batches=batches(),
         ci_of=_ci_function(model, config, sequence=True),
         extras={name: aligned_tokens(model, name) for name in model.module_names},
-        meta={"dataset": task.dataset_name, "split_name": split_name},
+        meta=dict(described),
     )
 
 
 def toy_source(
-    model: ComponentModel, config: Config, split: str, batch_size: int, device: torch.device
+    source: FeatureSource,
+    model: ComponentModel,
+    config: Config,
+    split: str,
+    batch_size: int,
+    device: torch.device,
 ) -> PassSource:
     """The toy task's feature vectors, one-hot CI and each subcomponent's read/write vectors."""
-    task = config.task_config
-    assert isinstance(task, TMSTaskConfig | ResidMLPTaskConfig)
-    task_name = task.task_name
+    task_name = config.task_config.task_name
     model.to(device)
     first_layer = next(iter(model.components.values()))
     n_features = _n_features(model.target, first_layer.d_in)
-    data = SparseFeatureData(
-        n_features,
-        task.feature_probability,
-        device,
-        task.data_generation_type,
-        TOY_VALUE_RANGE[task_name],
-        ANALYSIS_SEED + (1 if split == "eval" else 0),
-    )
-    stream = data.batches(batch_size)
+    seed = ANALYSIS_SEED + (1 if split == "eval" else 0)
+    stream = source.batches(config, n_features, batch_size, seed, device)
     vocab = [f"f{i}" for i in range(n_features)] + ["(none)"]
 
     def batches() -> Iterator[Batch]:
@@ -118,7 +114,7 @@ def toy_source(
 
     ci_of = _ci_function(model, config, sequence=False)
     with torch.no_grad():
-        one_hot = torch.eye(n_features, device=device) * TOY_ONE_HOT_VALUE[task_name]
+        one_hot = torch.eye(n_features, device=device) * source.one_hot_value
         one_hot_ci = ci_of(one_hot)
     extras = {
         name: {
@@ -134,7 +130,7 @@ def toy_source(
         batches=batches(),
         ci_of=ci_of,
         extras=extras,
-        meta={"task": task_name, "one_hot_value": TOY_ONE_HOT_VALUE[task_name]},
+        meta={"task": task_name, "one_hot_value": source.one_hot_value},
     )
 
 
@@ -145,12 +141,24 @@ def _n_features(target: nn.Module, first_d_in: int) -> int:
 
 
 def pass_source(
-    model: ComponentModel, config: Config, split: str, batch_size: int, device: torch.device
+    model: ComponentModel,
+    config: Config,
+    split: str,
+    batch_size: int,
+    device: torch.device,
 ) -> PassSource:
-    """The source for the run's task."""
-    task_name = config.task_config.task_name
-    if task_name == "lm":
-        return lm_source(model, config, split, batch_size, device)
-    if task_name in TOY_VALUE_RANGE:
-        return toy_source(model, config, split, batch_size, device)
-    raise SPDUserError(f"spd-analyze does not know task '{task_name}'")
+    """The source the run's task gives (`Task.analysis_source`)."""
+    task = get_task(config.task_config.task_name)
+    source = task.analysis_source
+    if isinstance(source, TokenSource):
+        return lm_source(source, model, config, split, batch_size, device)
+    if isinstance(source, FeatureSource):
+        return toy_source(source, model, config, split, batch_size, device)
+    if isinstance(source, InputSource):
+        vocab, batches, ci_of, meta = generic_source(
+            source, model, config, split, batch_size, ANALYSIS_SEED, device
+        )
+        return PassSource(kind="inputs", vocab=vocab, batches=batches, ci_of=ci_of, meta=meta)
+    raise SPDUserError(
+        f"spd-analyze cannot read runs of task '{task.name}': it has no analysis_source"
+    )

@@ -7,6 +7,7 @@ docs/analysis.md; `load_analysis(run_dir)` reads both back.
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from spd.analysis.accumulators import AnalysisAccumulator
-from spd.errors import SPDUserError
+from spd.errors import SPDUserError, one_line
 from spd.persistence.atomic_files import atomic_write_text
 
 ANALYSIS_DIR = "analysis"
@@ -74,8 +75,8 @@ def summarize(
     """Every layer's stored arrays, computed from the accumulated statistics."""
     n = max(acc.n_tokens, 1)
     token_count = acc.token_count.cpu()
-    cofire = acc.cofire.cpu().clone()
-    cofire.fill_diagonal_(-1)  # a subcomponent is not its own partner
+    partner_index, partner_count = acc.cofire.index.cpu(), acc.cofire.count.cpu()
+    n_cofire = min(n_cofire, partner_index.shape[1])  # the slots are kept best first
     owner = torch.cat(
         [torch.full((layer.fire_count.numel(),), i) for i, layer in enumerate(acc.layers.values())]
     )
@@ -86,7 +87,8 @@ def summarize(
         fire_count = layer.fire_count.cpu()
         C = fire_count.numel()
         token_fires, token_ids = _top_rows(layer.token_fires.cpu(), n_top_tokens)
-        partner_counts, partners = _top_rows(cofire[start : start + C], n_cofire)
+        partners = partner_index[start : start + C, :n_cofire].clamp(min=0)  # empty: count 0
+        partner_counts = partner_count[start : start + C, :n_cofire]
         start += C
         arrays: dict[str, torch.Tensor] = {
             "fire_count": fire_count,
@@ -167,11 +169,18 @@ def load_analysis(path: str | Path) -> Analysis:
         )
     vocab = description.pop("vocab")
     layer_info = description.pop("layers")
-    with np.load(path.with_name(NPZ_FILE)) as npz:
-        layers = [
-            LayerAnalysis(
-                info["name"], info["C"], {key: npz[f"{i}/{key}"] for key in info["arrays"]}
-            )
-            for i, info in enumerate(layer_info)
-        ]
+    arrays = path.with_name(NPZ_FILE)
+    try:
+        # allow_pickle=False: an object array planted in the file is refused, never unpickled.
+        with np.load(arrays, allow_pickle=False) as npz:
+            layers = [
+                LayerAnalysis(
+                    info["name"], info["C"], {key: npz[f"{i}/{key}"] for key in info["arrays"]}
+                )
+                for i, info in enumerate(layer_info)
+            ]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        raise SPDUserError(
+            one_line(f"cannot read {arrays}: {type(err).__name__}: {err}; rerun spd-analyze")
+        ) from None
     return Analysis(description, vocab, layers)

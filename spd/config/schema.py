@@ -7,29 +7,34 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
-    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from spd.config.ci_fn_registry import CI_FNS
 from spd.config.device import check_device_string
 from spd.config.evaluators import validate_specs
+from spd.config.flat_loss_keys import translate_flat_losses
+from spd.config.loss_registry import LOSS_TERMS, validated_params
+from spd.config.task_registry import TASKS
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 OptionalCoeff = NonNegativeFloat | None
-# Every field named `<term>_coeff` is the coefficient of the loss term `<term>`.
-LOSS_COEFF_SUFFIX = "_coeff"
 
-GateType = Literal["mlp", "vector_mlp"]
 SigmoidType = Literal["leaky_hard", "normal", "hard", "upper_leaky_hard", "swish_hard"]
 LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
 TiedWeightsMode = Literal["shared_storage", "single_parameter"]
 CompileMode = Literal["auto", "on", "off"]
+MAX_RUN_NAME_BYTES = 200
 DataGeneration = Literal["at_least_zero_active", "exactly_one_active"]
 DATA_GENERATION_DESCRIPTION = (
     "at_least_zero_active: each feature active independently, with a uniform random value; "
@@ -77,99 +82,73 @@ class MetricSpec(StrictModel):
     )
 
 
-class TMSTaskConfig(StrictModel):
-    """Data of the toy-model-of-superposition experiments."""
+class LossSpec(StrictModel):
+    """One loss term of `losses:`: its registry name, coefficient and parameter block."""
 
-    task_name: Literal["tms"] = Field(default="tms", description="Selects this task")
-    feature_probability: Probability = Field(
-        default=0.05, description="Chance that each feature is active in an example"
+    name: str = Field(description="Name of the loss term (spd/config/loss_registry.py, LOSS_TERMS)")
+    coeff: OptionalCoeff = Field(description="Weight of the term in the loss; null: not computed")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The term's parameters, checked against its parameter block",
     )
-    data_generation_type: DataGeneration = Field(
-        default="at_least_zero_active", description=DATA_GENERATION_DESCRIPTION
-    )
+    _params: BaseModel | None = PrivateAttr(default=None)
 
-
-class ResidMLPTaskConfig(StrictModel):
-    """Data of the residual-MLP experiments."""
-
-    task_name: Literal["resid_mlp"] = Field(default="resid_mlp", description="Selects this task")
-    feature_probability: Probability = Field(
-        default=0.01, description="Chance that each feature is active in an example"
-    )
-    data_generation_type: DataGeneration = Field(
-        default="at_least_zero_active", description=DATA_GENERATION_DESCRIPTION
-    )
-
-
-class LMTaskConfig(StrictModel):
-    """Text data of the language-model experiments, tokenised into fixed-length sequences.
-
-    `dataset_name` and `tokenizer_name` are Hugging Face hub ids or local paths (see
-    `spd/experiments/lm/sources.py` for how a name is resolved).
-    """
-
-    task_name: Literal["lm"] = Field(default="lm", description="Selects this task")
-    dataset_name: str = Field(description="Hub dataset id, or a local directory of data files")
-    dataset_config_name: str | None = Field(
-        default=None,
-        description="The dataset's configuration (subset) name, if it has several",
-    )
-    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
-        default=None,
-        description="Data files to read instead of the dataset's own (passed to datasets.load_dataset)",
-    )
-    text_column: str = Field(description="Column holding the text of each document")
-    train_split: str = Field(
-        default="train",
-        description="Split (or slice, e.g. 'train[:99%]') to train on",
-    )
-    eval_split: str = Field(default="test", description="Held-out split (or slice) to evaluate on")
-    max_seq_len: PositiveInt = Field(default=512, description="Tokens per training sequence")
-    streaming: bool = Field(
-        default=False,
-        description="Stream the dataset instead of downloading it whole",
-    )
-    shuffle_seed: NonNegativeInt | None = Field(
-        default=None, description="Seed of the document order; null: the run's `seed`"
-    )
-    shuffle_buffer_size: PositiveInt = Field(
-        default=10_000, description="Documents held for shuffling when streaming"
-    )
-    tokenizer_name: str = Field(description="Hub id or local directory of the model's tokenizer")
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_in_params(cls, data: Any) -> Any:
+        # Every parameter written out, defaults included: two entries that mean the same compare
+        # equal (resume checks) and final_config.yaml records what the run used.
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            params = data.get("params", {})
+            if isinstance(params, dict):
+                filled = validated_params(data["name"], params).model_dump(mode="json")
+                return {**data, "params": filled}
+        return data
 
     @model_validator(mode="after")
-    def _check_splits(self) -> Self:
-        if self.train_split == self.eval_split:
-            raise ValueError(
-                f"train_split and eval_split are both '{self.train_split}'; evaluate on held-out "
-                "data (another split, or a slice such as 'train[:99%]' / 'train[99%:]')"
-            )
+    def _check_params(self) -> Self:
+        self._params = validated_params(self.name, self.params)
         return self
 
-
-class GenericTaskConfig(StrictModel):
-    """Input batches for any target, from a function or class named by import path
-    (`spd/experiments/generic/data_source.py` states the contract)."""
-
-    task_name: Literal["generic"] = Field(default="generic", description="Selects this task")
-    data_source: str = Field(
-        description="Import path 'package.module:name' of a function or class called as "
-        "name(batch_size=..., seed=..., **data_params) that yields input batches"
-    )
-    data_params: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments passed to the data source"
-    )
-    eval_data_params: dict[str, Any] | None = Field(
-        default=None,
-        description="Keyword arguments for the eval stream instead of data_params (null: the "
-        "same); the eval stream is seeded differently either way",
-    )
+    @property
+    def validated_params(self) -> BaseModel:
+        """`params` as the term's validated parameter block (defaults filled in)."""
+        assert self._params is not None, "set by the validator"
+        return self._params
 
 
-TaskConfig = Annotated[
-    TMSTaskConfig | ResidMLPTaskConfig | LMTaskConfig | GenericTaskConfig,
-    Field(discriminator="task_name"),
-]
+class TaskConfig(StrictModel):
+    """Base of every task's `task_config` block; each task's own block lives in its folder.
+
+    A subclass declares `task_name: Literal["<its task>"]` (with that default) and the fields of
+    its data; `Config` validates a block with the class of the task its `task_name` names
+    (`spd.config.task_registry.TASKS`).
+    """
+
+    # Typed Any here only so that each subclass can narrow it to its own Literal: the blocks are
+    # frozen, so the name is never reassigned, but a checker refuses to narrow a `str` field.
+    task_name: Any = Field(description="Selects the task")
+
+    @property
+    def one_hot_value(self) -> float:
+        """The input value of a one-hot example in the toy figures (`permuted_ci`, …) when a
+        figure's config does not set one; a task whose features live on another scale overrides
+        it (TMS: 1, a full feature)."""
+        return 0.75
+
+    @property
+    def sequence_length(self) -> int:
+        """Positions per example (tokens per sequence for a language model; 1 for a vector)."""
+        return 1
+
+
+def task_config_class(name: object) -> type[TaskConfig]:
+    """The block of the task registered as `name`; ValueError naming the registered tasks."""
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(TASKS.names())}")
+    block = TASKS.get(name).config_class
+    assert issubclass(block, TaskConfig), f"task '{name}' has a block that is no TaskConfig"
+    return block
 
 
 class Config(StrictModel):
@@ -187,8 +166,9 @@ class Config(StrictModel):
         description=(
             "torch.compile of the training step's loss computation (spd/train/compilation.py). "
             "on: compile, falling back to eager with one line if compilation is unavailable; "
-            "off: eager; auto: compile where it was measured to pay, which is nowhere yet (eager on "
-            "CPU and CUDA; see docs/benchmarks.md, Compilation)."
+            "off: eager; auto: compile only where a measured case (device, target class, C, batch "
+            "size) repays the compile time within the run's steps, eager elsewhere "
+            "(spd/train/compile_choice.py; docs/benchmarks.md, Compilation)."
         ),
     )
     run_name: str | None = Field(
@@ -208,16 +188,26 @@ class Config(StrictModel):
             "fnmatch patterns of the module names to decompose (Linear, Embedding or GPT-2 Conv1D)"
         ),
     )
-    gate_type: GateType = Field(
+    ci_fn_type: str = Field(
         default="mlp",
         description=(
-            "Form of the CI functions: mlp (one small MLP per subcomponent on its scalar inner "
-            "activation) or vector_mlp (one per subcomponent on the layer's whole input)"
+            "CI-function type (spd/models/ci_fns/): mlp (one small MLP per subcomponent on its "
+            "scalar inner activation) or vector_mlp (one per subcomponent on the layer's whole "
+            "input); formerly gate_type"
         ),
     )
-    gate_hidden_dims: list[PositiveInt] = Field(
+    ci_fn_hidden_dims: list[PositiveInt] = Field(
         default_factory=lambda: [16],
-        description="Hidden widths of each CI function's MLP (GELU between layers)",
+        description=(
+            "Hidden widths of each CI function's MLP (GELU between layers); formerly "
+            "gate_hidden_dims"
+        ),
+    )
+    ci_fn_params: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,  # a type's own defaults are filled in
+        description="Parameters of the CI-function type itself, checked against the type's own "
+        "parameters ({} for mlp and vector_mlp)",
     )
     sigmoid_type: SigmoidType = Field(
         default="leaky_hard",
@@ -242,83 +232,21 @@ class Config(StrictModel):
         ),
     )
 
-    # --- loss coefficients (null: the term is not computed) ---
-    faithfulness_coeff: OptionalCoeff = Field(
-        default=1.0,
+    # --- loss terms (spd/config/loss_registry.py; each entry's params checked against its term) ---
+    losses: list[LossSpec] = Field(
+        default_factory=lambda: [
+            LossSpec(name="faithfulness", coeff=1.0),
+            LossSpec(name="stochastic_recon", coeff=1.0),
+            LossSpec(name="importance_minimality", coeff=1e-3),
+        ],
         description=(
-            "Weight of the squared distance between each target matrix and its subcomponents' sum"
-        ),
-    )
-    stochastic_recon_coeff: OptionalCoeff = Field(
-        default=1.0,
-        description=(
-            "Weight of the output reconstruction with every decomposed layer stochastically masked"
-        ),
-    )
-    stochastic_recon_layerwise_coeff: OptionalCoeff = Field(
-        default=None,
-        description="Weight of the output reconstruction with one stochastically masked layer at a time",
-    )
-    recon_coeff: OptionalCoeff = Field(
-        default=None,
-        description="Weight of the output reconstruction with every layer masked by its CI",
-    )
-    recon_layerwise_coeff: OptionalCoeff = Field(
-        default=None,
-        description="Weight of the output reconstruction with one CI-masked layer at a time",
-    )
-    importance_minimality_coeff: OptionalCoeff = Field(
-        default=1e-3,
-        description="Weight of the p-norm of the CI values (the sparsity pressure)",
-    )
-    schatten_coeff: OptionalCoeff = Field(
-        default=None,
-        description="Weight of the CI-weighted squared norms of the subcomponents (optional)",
-    )
-    out_recon_coeff: OptionalCoeff = Field(
-        default=None,
-        description=(
-            "Weight of the output reconstruction with every layer's components unmasked (optional)"
-        ),
-    )
-    embedding_recon_coeff: OptionalCoeff = Field(
-        default=None,
-        description=(
-            "Weight of the masked embedding's error against the original embedding (needs a "
-            "decomposed Embedding)"
-        ),
-    )
-    is_embed_unembed_recon: bool = Field(
-        default=False,
-        description=(
-            "embedding_recon compares both embeddings after lm_head, with KL, instead of by "
-            "squared error"
+            "The loss terms to optimise ({name, coeff, params} entries; a term not listed, or "
+            "with coeff null, is not computed). `spd-config fields losses.<name>` lists a term's params"
         ),
     )
     output_loss_type: OutputLossType = Field(
         default="mse",
         description="Output divergence of the reconstruction losses: mse, or kl over the logits",
-    )
-    n_mask_samples: PositiveInt = Field(
-        default=1,
-        description="Stochastic mask draws averaged per step",
-    )
-
-    pnorm: PositiveFloat = Field(
-        default=1.0,
-        description="Exponent p of importance_minimality (its start value when annealed)",
-    )
-    p_anneal_start_frac: Fraction = Field(
-        default=1.0,
-        description="Fraction of training at which p starts moving towards p_anneal_final_p",
-    )
-    p_anneal_final_p: PositiveFloat | None = Field(
-        default=None,
-        description="Value p reaches at p_anneal_end_frac; null: p stays pnorm",
-    )
-    p_anneal_end_frac: Fraction = Field(
-        default=1.0,
-        description="Fraction of training at which p reaches p_anneal_final_p",
     )
 
     # --- optimisation ---
@@ -428,10 +356,21 @@ class Config(StrictModel):
         ),
     )
 
-    task_config: TaskConfig = Field(
-        description="The data: a block selected by its task_name (tms, resid_mlp, lm or generic)",
+    # SerializeAsAny: a dump writes the task's own fields, not only those of the base class.
+    task_config: SerializeAsAny[TaskConfig] = Field(
+        description=(
+            "The data: a block selected by its task_name; `spd-config fields "
+            "task_config.<task_name>` lists each task's keys"
+        ),
     )
     empty_text_allowed: ClassVar[frozenset[str]] = frozenset({"wandb_run_name_prefix"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _translate_flat_losses(cls, data: Any) -> Any:
+        # Configs built in code or stored by earlier versions may use the flat loss keys; the
+        # loader translates files itself first, printing a warning line per key.
+        return translate_flat_losses(data)[0] if isinstance(data, dict) else data
 
     @field_validator("run_name")
     @classmethod
@@ -443,7 +382,61 @@ class Config(StrictModel):
             raise ValueError(
                 f"run_name {name!r} must be usable as a directory name (no '/', '\\', control characters)"
             )
+        # The directory is "<YYYYmmdd-HHMMSS>-<run_name>[-N]"; most file systems allow 255 bytes.
+        if name is not None and len(name.encode()) > MAX_RUN_NAME_BYTES:
+            raise ValueError(
+                f"run_name is {len(name.encode())} bytes long; at most {MAX_RUN_NAME_BYTES} fit in "
+                "a directory name, shorten it"
+            )
         return name
+
+    @field_validator("ci_fn_type")
+    @classmethod
+    def _check_ci_fn_type(cls, name: str) -> str:
+        CI_FNS.get(name)  # ValueError listing the known types
+        return name
+
+    @field_validator("ci_fn_params")
+    @classmethod
+    def _check_ci_fn_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("ci_fn_type")
+        if name is None:  # the type itself failed validation and is reported
+            return params
+        model = CI_FNS.get(name).params_model
+        try:
+            return model.model_validate(params).model_dump(mode="json")
+        except ValidationError as err:
+            problem = err.errors()[0]
+            key = ".".join(str(p) for p in problem["loc"])
+            accepted = ", ".join(model.model_fields) or "none"
+            raise ValueError(
+                f"CI-function type '{name}': '{key}': {problem['msg']} (its parameters: {accepted})"
+            ) from None
+
+    @field_validator("task_config", mode="before")
+    @classmethod
+    def _task_block(cls, value: Any) -> Any:
+        # The block's class is the one its task registered; errors inside it keep their keys
+        # (task_config.<key>), and so does an unknown or missing task_name.
+        if not isinstance(value, dict):
+            return value
+        name = value.get("task_name")
+        if isinstance(name, str) and name in TASKS:
+            return task_config_class(name).model_validate(value)
+        error: InitErrorDetails = (
+            {"type": "missing", "loc": ("task_name",), "input": value}
+            if "task_name" not in value
+            else {
+                "type": PydanticCustomError(
+                    "unknown_task",
+                    "unknown task {name}; registered tasks: {tasks}",
+                    {"name": repr(name), "tasks": ", ".join(TASKS.names())},
+                ),
+                "loc": ("task_name",),
+                "input": name,
+            }
+        )
+        raise ValidationError.from_exception_data("task_config", [error])
 
     @field_validator("device")
     @classmethod
@@ -460,12 +453,14 @@ class Config(StrictModel):
             )
         if self.lr_schedule == "exponential" and self.lr_exponential_halflife is None:
             raise ValueError("lr_schedule 'exponential' needs lr_exponential_halflife (in steps)")
-        if self.p_anneal_final_p is not None and self.p_anneal_end_frac < self.p_anneal_start_frac:
-            raise ValueError("p_anneal_end_frac must not be smaller than p_anneal_start_frac")
         if self.pretrained_model_path is None and self.pretrained_model_name_hf is None:
             raise ValueError(
                 "set pretrained_model_path (or pretrained_model_name_hf) to the target"
             )
+        names = [spec.name for spec in self.losses]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"loss term '{twice[0]}' is listed twice in losses:; keep one entry")
         if not self.loss_coeffs:
             raise ValueError("every loss coefficient is null: nothing would be optimised")
         # Metric and figure names are checked against their registries here so that a typo fails
@@ -480,22 +475,30 @@ class Config(StrictModel):
 
     @property
     def loss_coeffs(self) -> dict[str, float]:
-        """The loss terms that are computed (every `<name>_coeff` field that is not null), by
-        name, with their coefficients; `spd.losses.terms.LOSS_TERMS` computes them."""
-        fields = type(self).model_fields
-        return {
-            name.removesuffix(LOSS_COEFF_SUFFIX): value
-            for name in fields
-            if name.endswith(LOSS_COEFF_SUFFIX) and (value := getattr(self, name)) is not None
-        }
+        """The loss terms that are computed (every `losses:` entry whose coeff is not null), by
+        name, in the order of `spd.config.loss_registry.LOSS_TERMS`, with their coefficients."""
+        given = {spec.name: spec.coeff for spec in self.losses if spec.coeff is not None}
+        return {term.name: given[term.name] for term in LOSS_TERMS.in_order() if term.name in given}
+
+    def loss_params(self, name: str) -> BaseModel:
+        """The validated parameter block of loss term `name`: its entry's, or the term's
+        defaults when it is not listed (schatten follows importance_minimality's p schedule)."""
+        for spec in self.losses:
+            if spec.name == name:
+                return spec.validated_params
+        return validated_params(name, {})
 
 
-# Every block of a config file, by where it sits in the file (`spd-config fields BLOCK`).
+# Every block of a config file but the tasks', by where it sits in the file (`config_blocks`).
 CONFIG_BLOCKS: dict[str, type[StrictModel]] = {
     "config": Config,
-    "task_config.tms": TMSTaskConfig,
-    "task_config.resid_mlp": ResidMLPTaskConfig,
-    "task_config.lm": LMTaskConfig,
-    "task_config.generic": GenericTaskConfig,
     "metrics": MetricSpec,
+    "losses": LossSpec,
 }
+
+
+def config_blocks() -> dict[str, type[StrictModel]]:
+    """Every block of a config file by where it sits (`spd-config fields BLOCK`), the registered
+    tasks' blocks as `task_config.<task_name>`."""
+    tasks = {f"task_config.{name}": task_config_class(name) for name in TASKS.names()}
+    return {**CONFIG_BLOCKS, **tasks}

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import datasets
 import numpy as np
@@ -23,7 +23,6 @@ from jaxtyping import Int
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from spd.config.schema import LMTaskConfig
 from spd.errors import SPDUserError
 from spd.loading.hf_hub import fetch_guard
 
@@ -35,6 +34,26 @@ LOAD_BLOCK = 1024  # documents read from a map-style dataset at a time
 FILE_FORMAT_BUILDERS = frozenset({"json", "csv", "parquet", "text", "arrow"})
 
 T = TypeVar("T")
+
+
+class TextDataset(Protocol):
+    """Where a language model's text comes from and how it is cut (the `lm` task's block has
+    these fields; see its descriptions in `spd/experiments/lm/config.py`)."""
+
+    @property
+    def dataset_name(self) -> str: ...
+    @property
+    def dataset_config_name(self) -> str | None: ...
+    @property
+    def data_files(self) -> str | list[str] | dict[str, str | list[str]] | None: ...
+    @property
+    def text_column(self) -> str: ...
+    @property
+    def streaming(self) -> bool: ...
+    @property
+    def max_seq_len(self) -> int: ...
+    @property
+    def shuffle_buffer_size(self) -> int: ...
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -54,7 +73,7 @@ def _saved_with_save_to_disk(path: Path) -> bool:
 
 
 def load_text_split(
-    task: LMTaskConfig, split: str, cache_dir: Path | None = None
+    task: TextDataset, split: str, cache_dir: Path | None = None
 ) -> datasets.Dataset | datasets.IterableDataset:
     """One split of the task's dataset: a `Dataset`, or an `IterableDataset` when streaming.
 
@@ -160,15 +179,23 @@ def pack_sequences(
 
 
 def lm_batches(
-    task: LMTaskConfig,
+    task: TextDataset,
     tokenizer: PreTrainedTokenizerBase,
     split: str,
     batch_size: int,
     seed: int,
     cache_dir: Path | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[Int[Tensor, "batch seq"]]:
-    """Endless (batch_size, max_seq_len) int64 token batches of one split, reproducible from `seed`."""
+    """Endless (batch_size, max_seq_len) int64 token batches of one split, reproducible from `seed`.
+
+    `shard` = (index, count) keeps every count-th document of the seeded order, from `index` on:
+    data-parallel ranks share the seed and each packs its own documents, so no two ranks read the
+    same text; (0, 1) keeps them all.
+    """
+    index, count = shard
     data = load_text_split(task, split, cache_dir)
     texts = shuffled_texts(data, task.text_column, seed, task.shuffle_buffer_size)
+    texts = islice(texts, index, None, count)
     for rows in _chunks(pack_sequences(texts, tokenizer, task.max_seq_len), batch_size):
         yield torch.tensor(rows, dtype=torch.int64)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from spd.config.evaluators import register_metric
 from spd.eval.context import EvalBatch, EvalContext
-from spd.losses.terms import output_divergence
+from spd.losses.divergence import output_divergence
 from spd.models.component_model import ComponentModel
 
 MASK_VARIANTS = ("ci", "stochastic", "unmasked", "random", "rounded", "zero")

@@ -3,13 +3,15 @@
     python spd/experiments/decompose.py CONFIG.yaml [--override k=v]... [--no-progress]
     python spd/experiments/decompose.py --resume RUN_DIR
     python spd/experiments/decompose.py CONFIG.yaml --run-dir DIR
+    python spd/experiments/decompose.py CONFIG.yaml --dry-run       # check it all, write nothing
 
-Tasks are looked up in `spd.experiments.tasks` (tms, resid_mlp, lm, generic, and any task a
-module registers). `spd-run --config CONFIG.yaml` runs this script. Exit codes as in
+Tasks are looked up in `spd.experiments.tasks` (the built-in ones listed in
+`spd/config/task_registry.py`, and any task a module registers). `spd-run --config CONFIG.yaml` runs this script. Exit codes as in
 `spd.experiments.run_decomposition`.
 """
 
 from spd.errors import SPDUserError, run_cli
+from spd.experiments.dry_run import dry_run
 from spd.experiments.run_decomposition import parse_args, run_decomposition
 from spd.experiments.tasks import get_task
 
@@ -28,6 +30,9 @@ def decompose_main(description: str, script_task: str | None = None) -> None:
         config = task.prepare(config)
     if task.check is not None:
         task.check(config)
+    if args.dry_run:
+        dry_run(config, task.make_data, args.run_dir, args.resume)
+        return
     run = run_decomposition(
         config,
         name,

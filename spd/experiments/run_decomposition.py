@@ -24,14 +24,18 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from spd.config.bounded_yaml import load_bounded
 from spd.config.device import resolve_device
+from spd.config.environment import check_environment
 from spd.config.schema import Config
 from spd.errors import OneLineArgumentParser, SPDUserError
 from spd.loading.run_config import load_run_config
 from spd.loading.targets import load_target_model
 from spd.models.component_model import match_module_names
+from spd.models.tie_check import check_tied_weights
 from spd.persistence.atomic_files import atomic_write_text
-from spd.persistence.checkpoints import CHECKPOINT_GLOB, latest_checkpoint
+from spd.persistence.checkpoint_check import newest_good_checkpoint
+from spd.persistence.checkpoints import CHECKPOINT_GLOB
 from spd.persistence.preemption import StopOnSignal, exit_preempted
 from spd.persistence.resume import ResumePoint, check_run_directory, find_resume_point
 from spd.persistence.run_dir import (
@@ -40,13 +44,18 @@ from spd.persistence.run_dir import (
     check_writable_directory,
     output_root,
 )
+from spd.persistence.run_lock import DirectoryLock, lock_run_directory
 from spd.tracking.report import write_run_report
 from spd.tracking.wandb_sink import wandb_tracking
 from spd.train import distributed
+from spd.train.data_shard import DataShard, data_shard
 from spd.train.memory_estimate import check_memory, estimate_peak_memory
 from spd.train.optimize import OptimizeResult, optimize
 
-DataFactory = Callable[[Config, nn.Module, torch.device], tuple[Iterator[Tensor], Iterator[Tensor]]]
+# (config, target, device, this rank's share) -> (train micro-batches, eval batches) of the shard's sizes.
+DataFactory = Callable[
+    [Config, nn.Module, torch.device, DataShard], tuple[Iterator[Tensor], Iterator[Tensor]]
+]
 SummaryFn = Callable[[OptimizeResult], dict[str, float]]
 
 
@@ -55,7 +64,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise SPDUserError(f"--override '{text}' must look like key.path=value")
     try:
-        return key, yaml.safe_load(value)
+        return key, load_bounded(value)
     except yaml.YAMLError:
         raise SPDUserError(f"--override '{text}': the value is not valid YAML") from None
 
@@ -97,6 +106,11 @@ def parse_args(description: str) -> tuple[Config, argparse.Namespace]:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="make every check of the run, print its config and memory estimate; write nothing",
+    )
+    parser.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR"
     )
     parser.add_argument(
@@ -129,22 +143,27 @@ class DecompositionRun:
         return self.run_dir.path
 
 
-def _fresh_run_dir(config: Config, experiment: str, path: Path | None) -> RunDirectory:
-    """A new timestamped run directory, or `path` (restarting a run that never checkpointed)."""
+def _fresh_run_dir(
+    config: Config, experiment: str, path: Path | None
+) -> tuple[RunDirectory, DirectoryLock]:
+    """A new timestamped run directory, or `path` (restarting a run that never checkpointed),
+    with its lock held."""
     if path is None:
-        return RunDirectory.create(output_root(config.out_dir), config.run_name or experiment)
+        run_dir = RunDirectory.create(output_root(config.out_dir), config.run_name or experiment)
+        return run_dir, lock_run_directory(run_dir.path)
     occupied = path.exists() and (not path.is_dir() or any(path.iterdir()))
     if occupied and not (path / CONFIG_FILE).is_file():
         raise SPDUserError(f"--run-dir {path} is neither an empty directory nor an spd run")
     path.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_directory(path)
     run_dir = RunDirectory(path)
     run_dir.discard_metrics_from(0)
-    return run_dir
+    return run_dir, lock
 
 
 def _checkpoint_note(run_dir: RunDirectory) -> str:
     try:
-        checkpoint = latest_checkpoint(run_dir.path)
+        checkpoint, _ = newest_good_checkpoint(run_dir.path, training_state=True)
         return f"last good checkpoint kept: {checkpoint}; continue with --resume {run_dir.path}"
     except SPDUserError:
         return "no checkpoint had been written"
@@ -160,6 +179,7 @@ class _PreparedRun:
     eval_batches: Iterator[Tensor]
     point: ResumePoint | None
     run_dir: RunDirectory | None  # None on data-parallel ranks other than 0
+    lock: DirectoryLock | None  # the run directory's, held by rank 0 until the run ends
 
 
 def run_decomposition(
@@ -179,6 +199,7 @@ def run_decomposition(
     either way the run directory gets a report.html at the end (also after a failure).
     Under `torchrun` every rank trains (see `spd.train.distributed`); only rank 0 writes the run directory.
     """
+    check_environment()
     with StopOnSignal() as stop:
         # --- data parallelism: the rank's GPU and process group; only rank 0 reports.
         device = distributed.device_for_rank(resolve_device(config.device))
@@ -189,6 +210,8 @@ def run_decomposition(
             result, summary = _train(run, config, experiment, summarize, show_progress, stop)
         finally:
             distributed.teardown()
+            if run.lock is not None:
+                run.lock.release()
     run_dir = run.run_dir
     if result.stopped_at is not None:
         reason = stop.received.name if stop.received is not None else "request"
@@ -214,6 +237,8 @@ def _prepare(
     """Target, data, resume point and (rank 0) run directory, in an order that checks every input
     before the first write into a run directory."""
     is_main = distributed.is_main_process()
+    # Each rank's share of the batches, once for every task; a batch that does not split fails here.
+    shard = data_shard(config)
     if is_main and resume is None:
         # A wrong output root fails before the target is even loaded.
         if run_dir_path is None:
@@ -223,17 +248,21 @@ def _prepare(
     target = load_target_model(config).to(device)
     # Fail on bad patterns before a run directory exists for a run that cannot start.
     match_module_names(target, config.target_module_patterns)
-    train_batches, eval_batches = make_data(config, target, device)
+    check_tied_weights(target, config)
+    train_batches, eval_batches = make_data(config, target, device, shard)
+    # A second writer on the same run is refused before it reads or writes anything there.
+    lock = lock_run_directory(resume) if is_main and resume is not None else None
     point = find_resume_point(resume, config) if resume is not None else None
     # A batch that cannot fit fails here, with the estimate, not as a traceback mid-step.
     check_memory(estimate_peak_memory(config, target, device), device, announce=is_main)
     run_dir: RunDirectory | None = None
     if is_main:
-        run_dir = (
-            point.run_dir if point is not None else _fresh_run_dir(config, experiment, run_dir_path)
-        )
+        if point is not None:
+            run_dir = point.run_dir
+        else:
+            run_dir, lock = _fresh_run_dir(config, experiment, run_dir_path)
         run_dir.write_config(config)
-    return _PreparedRun(device, target, train_batches, eval_batches, point, run_dir)
+    return _PreparedRun(device, target, train_batches, eval_batches, point, run_dir, lock)
 
 
 def _train(

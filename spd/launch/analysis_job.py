@@ -7,11 +7,13 @@ so a requeued or resubmitted job continues where it stopped.
 """
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
+from spd.config.option_types import positive_int
 from spd.errors import SPDUserError
+from spd.launch.options import LaunchOptions
+from spd.launch.slurm import Dependency, JobSpec, log_dir
 
 DEFAULT_TOKENS = 100_000
 TIME_LIMIT_MINUTES = 120
@@ -27,59 +29,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--analyze-tokens",
-        type=int,
+        type=positive_int,
         default=DEFAULT_TOKENS,
         metavar="N",
         help=f"tokens each analysis streams (default {DEFAULT_TOKENS})",
     )
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    if args.analyze and args.local:
+def check_arguments(options: LaunchOptions) -> None:
+    """The `--analyze` options must fit the rest of the command line."""
+    if options.analyze and options.local:
         raise SPDUserError(
             "--analyze submits a SLURM job after the array; with --local run "
             "`spd-analyze RUN_DIR --browse` on the run directory afterwards"
         )
-    if args.analyze_tokens < 1:
-        raise SPDUserError(f"--analyze-tokens must be at least 1, got {args.analyze_tokens}")
 
 
-def analysis_script(run_dirs: list[Path], n_tokens: int, cpu: bool) -> str:
-    """The shell commands of the job: every run analysed, the job failing if any analysis fails."""
-    device = ["--device", "cpu"] if cpu else []
-    lines = ["status=0"]
-    for run_dir in run_dirs:
-        cmd = [sys.executable, "-m", "spd.analysis.cli", str(run_dir), "--tokens", str(n_tokens)]
-        lines.append(f"{shlex.join([*cmd, *device, '--no-progress', '--browse'])} || status=1")
-    lines.append("exit $status")
-    return "\n".join(lines)
-
-
-def submit_analysis(
-    array_job_id: str,
-    job_name: str,
-    run_dirs: list[Path],
-    n_tokens: int,
-    tree: Path,
-    cpu: bool,
-) -> str:
-    """Submit the analysis job, held until every task of `array_job_id` has succeeded."""
-    # Here, not at the top: spd-run imports this module for its options, and --help stays light.
-    from spd.launch import slurm
-
-    wrapped = (
-        f'export PYTHONPATH={shlex.quote(str(tree))}"${{PYTHONPATH:+:$PYTHONPATH}}"; unset SPD_OUT_DIR\n'
-        + analysis_script(run_dirs, n_tokens, cpu)
-    )
-    args = [
-        f"--dependency=afterok:{array_job_id}",
-        f"--job-name={job_name}-analysis",
-        "--ntasks=1",
-        f"--time={TIME_LIMIT_MINUTES}",
-        f"--output={slurm.log_dir()}/slurm-%j.out",
-        f"--chdir={tree}",
-        f"--wrap={wrapped}",
+def analysis_commands(run_dirs: list[Path], n_tokens: int, cpu: bool) -> list[list[str]]:
+    """One `spd.analysis.cli … --browse` command line per run directory."""
+    options = ["--tokens", str(n_tokens), *(["--device", "cpu"] if cpu else [])]
+    return [
+        [
+            sys.executable,
+            "-m",
+            "spd.analysis.cli",
+            str(run_dir),
+            *options,
+            "--no-progress",
+            "--browse",
+        ]
+        for run_dir in run_dirs
     ]
-    if not cpu:
-        args.insert(-1, "--gres=gpu:1")
-    return slurm.sbatch(args)
+
+
+def analysis_job(
+    array_job_id: str, array_name: str, run_dirs: list[Path], n_tokens: int, tree: Path, cpu: bool
+) -> JobSpec:
+    """The analysis job of a launch: held until every task of `array_job_id` has succeeded, then
+    every run analysed in turn, the job failing if any analysis fails."""
+    return JobSpec(
+        name=f"{array_name}-analysis",
+        commands=analysis_commands(run_dirs, n_tokens, cpu),
+        time_minutes=TIME_LIMIT_MINUTES,
+        log_dir=log_dir(),
+        source_tree=tree,
+        gpus_per_task=0 if cpu else 1,
+        after=Dependency("afterok", array_job_id),
+    )

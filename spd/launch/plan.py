@@ -17,15 +17,17 @@ from torch import nn
 
 from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.experiments.lm.sources import local_source_overrides
 from spd.experiments.tasks import get_task
 from spd.launch.run_sources import RunSource, experiment_source, user_path_overrides
 from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
 from spd.loading.run_config import load_run_config
-from spd.loading.run_paths import is_wandb_path, resolve_run_path
+from spd.loading.run_paths import is_wandb_path
 from spd.loading.targets import load_target_model
 from spd.models.component_model import match_module_names
+from spd.models.tie_check import check_tied_weights
 from spd.persistence.run_dir import check_writable_directory, output_root
+from spd.train.data_shard import data_shard
+from spd.train.distributed import RankInfo
 
 # The W&B fields of `Config` the launcher fills in with --use-wandb (runs of one launch share a
 # group: the launch id).
@@ -82,16 +84,12 @@ def _validated(source: RunSource, name: str, overrides: dict[str, Any]) -> Confi
 
 
 def _check_dp(name: str, config: Config, dp: int) -> None:
-    """Every rank must get an equal share of each micro-batch and eval batch."""
-    for field, size in (
-        ("microbatch", config.microbatch_size),
-        ("eval_batch_size", config.eval_batch_size),
-    ):
-        if size % dp != 0:
-            raise SPDUserError(
-                f"run '{name}': {field} of {size} does not split evenly over --dp {dp} ranks; "
-                "change batch_size / eval_batch_size or --dp"
-            )
+    """Every rank must get an equal share of each micro-batch and eval batch (the run's own
+    split, `data_shard`, checked here before anything is launched)."""
+    try:
+        data_shard(config, RankInfo(rank=0, world_size=dp, local_rank=0))
+    except SPDUserError as err:
+        raise SPDUserError(f"run '{name}' under --dp {dp}: {err}") from None
 
 
 def _check_cpu(name: str, overrides: dict[str, Any]) -> None:
@@ -105,9 +103,9 @@ def _check_cpu(name: str, overrides: dict[str, Any]) -> None:
 def _target_on_disk(config: Config) -> bool:
     """Whether the target loads from a local path (not a `wandb:` run or a hub id)."""
     if config.pretrained_model_path is not None:
-        path = str(config.pretrained_model_path)
-        # A missing local target is left to the run, which says how to train it.
-        return not is_wandb_path(path) and resolve_run_path(path) is not None
+        # A missing local target counts too: loading it then fails, for this run, before any
+        # run of the launch starts, with its class's hint on how to train it.
+        return not is_wandb_path(str(config.pretrained_model_path))
     name = config.pretrained_model_name_hf
     return name is not None and Path(name).is_absolute() and Path(name).exists()
 
@@ -120,10 +118,11 @@ def _check_patterns(name: str, config: Config, targets: dict[tuple[str, str], nn
         config.pretrained_model_class,
         str(config.pretrained_model_path or config.pretrained_model_name_hf),
     )
-    if key not in targets:
-        targets[key] = load_target_model(config)
     try:
+        if key not in targets:
+            targets[key] = load_target_model(config)
         match_module_names(targets[key], config.target_module_patterns)
+        check_tied_weights(targets[key], config)
     except SPDUserError as err:
         raise SPDUserError(f"run '{name}' is invalid, nothing was launched: {err}") from None
 
@@ -156,8 +155,9 @@ def plan_runs(
             )
             if settings.cpu:
                 _check_cpu(name, overrides)
+            task = get_task(base.task_config.task_name)
             launcher = {
-                **local_source_overrides(base),
+                **(task.launch_overrides(base) if task.launch_overrides is not None else {}),
                 **user_path_overrides(source, base),
                 "run_name": name,
                 "out_dir": str(output_root(base.out_dir).resolve() / settings.launch_id),

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from spd.config.loading import parse_yaml_text
 from spd.errors import SPDUserError, run_cli
 from spd.persistence.atomic_files import atomic_write_text
 from spd.tracking.report import REPORT_NAME, RunRecord, read_run, render_summary
@@ -33,7 +32,11 @@ def find_run_dir(out_dir: Path, run_name: str) -> Path | None:
     """The newest run directory under `out_dir` whose final config has this run name."""
     found = []
     for config_file in sorted(out_dir.glob("*/final_config.yaml")):
-        if (yaml.safe_load(config_file.read_text()) or {}).get("run_name") == run_name:
+        try:
+            config = parse_yaml_text(config_file.read_text(errors="replace"), str(config_file))
+        except SPDUserError:
+            continue  # a damaged run directory is no run this launch can name
+        if isinstance(config, dict) and config.get("run_name") == run_name:
             found.append(config_file.parent)
     return found[-1] if found else None
 

@@ -1,4 +1,11 @@
-"""SLURM job arrays: one array per launch, each task picking its command by SLURM_ARRAY_TASK_ID."""
+"""SLURM jobs: one description (`JobSpec`), one renderer (`job_script`), one submitter (`submit`).
+
+Every job spd-run submits is a `JobSpec`: the launch's job array (each task picking its command by
+SLURM_ARRAY_TASK_ID), the report job after it and the `--analyze` job. `job_script` turns a spec
+into an sbatch script, with the directives and the preamble every job shares (run the launch's
+code, not whatever is installed); `submit` writes that script and hands it to sbatch. To change
+how spd-run's jobs are written, edit this module.
+"""
 
 import math
 import os
@@ -7,6 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from spd.errors import SPDUserError
 from spd.persistence.preemption import PREEMPTED_EXIT_CODE
@@ -18,21 +26,50 @@ TIME_LIMIT_FACTOR = 2.0
 # SLURM warns the task this many seconds before its time limit (or on preemption) with SIGUSR1;
 # the run checkpoints, exits with PREEMPTED_EXIT_CODE, and the task requeues itself.
 SIGNAL_GRACE_SECONDS = 180
+_TIMESTAMP = "$(date +%Y-%m-%dT%H:%M:%S.%3N%:z)"
 
 
 @dataclass(frozen=True)
-class ArrayJob:
-    """Everything the array script says: resources, where tasks run, one command per task."""
+class Dependency:
+    """Hold a job until another has ended: `afterok` (every task succeeded) or `afterany`."""
 
-    job_name: str
+    kind: Literal["afterok", "afterany"]
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one sbatch script says.
+
+    With `array`, each command is one array task (at most `max_running` at once); otherwise the
+    job runs the commands one after another, every one of them, and fails if any failed.
+    `preemptible` (array jobs only) asks for the USR1 warning SIGNAL_GRACE_SECONDS before the time
+    limit, keeps the log across requeues, and has a task that exits with PREEMPTED_EXIT_CODE
+    requeue itself. Every job runs in `source_tree`, with it first on PYTHONPATH.
+    """
+
+    name: str
     commands: list[list[str]]
     time_minutes: int
     log_dir: Path
-    workdir: Path
-    pythonpath: Path
-    n_agents: int | None = None
-    gpus_per_task: int = 1
+    source_tree: Path
+    array: bool = False
+    max_running: int | None = None
+    preemptible: bool = False
     cpus_per_task: int = 1
+    gpus_per_task: int = 0
+    after: Dependency | None = None
+
+    def __post_init__(self) -> None:
+        assert self.commands, "a job needs at least one command"
+        assert self.array or (self.max_running is None and not self.preemptible), (
+            "max_running and preemptible are properties of array jobs"
+        )
+
+    @property
+    def log_pattern(self) -> str:
+        """Where SLURM writes the log: one file per array task, else one per job."""
+        return str(self.log_dir / ("slurm-%A_%a.out" if self.array else "slurm-%j.out"))
 
 
 def log_dir() -> Path:
@@ -45,38 +82,50 @@ def time_limit_minutes(expected_runtimes: list[int]) -> int:
     return max(1, math.ceil(max(expected_runtimes) * TIME_LIMIT_FACTOR))
 
 
-def array_script(job: ArrayJob) -> str:
-    """The sbatch script of a job array (`%N` limits how many tasks run at once)."""
-    last = len(job.commands) - 1
-    concurrency = f"%{job.n_agents}" if job.n_agents is not None else ""
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={job.job_name}",
-        f"#SBATCH --array=0-{last}{concurrency}",
+def directives(job: JobSpec) -> list[str]:
+    """The `#SBATCH` lines of a job (`%N` on the array limits how many tasks run at once)."""
+    lines = [f"#SBATCH --job-name={job.name}"]
+    if job.array:
+        concurrency = f"%{job.max_running}" if job.max_running is not None else ""
+        lines.append(f"#SBATCH --array=0-{len(job.commands) - 1}{concurrency}")
+    lines += [
         f"#SBATCH --time={job.time_minutes}",
         "#SBATCH --ntasks=1",
         f"#SBATCH --cpus-per-task={job.cpus_per_task}",
-        f"#SBATCH --output={job.log_dir}/slurm-%A_%a.out",
-        "#SBATCH --open-mode=append",
-        "#SBATCH --requeue",
-        f"#SBATCH --signal=B:USR1@{SIGNAL_GRACE_SECONDS}",
+        f"#SBATCH --output={job.log_pattern}",
     ]
+    if job.preemptible:
+        lines += [
+            "#SBATCH --open-mode=append",
+            "#SBATCH --requeue",
+            f"#SBATCH --signal=B:USR1@{SIGNAL_GRACE_SECONDS}",
+        ]
     if job.gpus_per_task > 0:
         lines.append(f"#SBATCH --gres=gpu:{job.gpus_per_task}")
-    lines += [
+    if job.after is not None:
+        lines.append(f"#SBATCH --dependency={job.after.kind}:{job.after.job_id}")
+    return lines
+
+
+def _preamble(job: JobSpec) -> list[str]:
+    tree = shlex.quote(str(job.source_tree))
+    return [
         "set -uo pipefail",
         "# Run the launch's code (a snapshot, unless disabled), not whatever is installed.",
-        f"cd {shlex.quote(str(job.workdir))}",
-        f'export PYTHONPATH={shlex.quote(str(job.pythonpath))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+        f"cd {tree}",
+        f'export PYTHONPATH={tree}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         "# Each run's out_dir is set on its command line; SPD_OUT_DIR would take precedence over it.",
         "unset SPD_OUT_DIR",
-        'echo "spd-run: task ${SLURM_ARRAY_TASK_ID} of job ${SLURM_ARRAY_JOB_ID} started on'
-        ' $(hostname) at $(date +%Y-%m-%dT%H:%M:%S.%3N%:z)"',
-        'case "${SLURM_ARRAY_TASK_ID}" in',
     ]
-    for index, command in enumerate(job.commands):
-        lines.append(f"  {index}) cmd=({shlex.join(command)}) ;;")
-    lines += [
+
+
+def _array_body(job: JobSpec) -> list[str]:
+    """Pick the task's command, run it with the warning signal passed on, requeue on exit 75."""
+    lines = [
+        'echo "spd-run: task ${SLURM_ARRAY_TASK_ID} of job ${SLURM_ARRAY_JOB_ID} started on'
+        f' $(hostname) at {_TIMESTAMP}"',
+        'case "${SLURM_ARRAY_TASK_ID}" in',
+        *(f"  {index}) cmd=({shlex.join(cmd)}) ;;" for index, cmd in enumerate(job.commands)),
         '  *) echo "spd-run: no command for array task ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;',
         "esac",
         "# The run in the background, so that the warning signal reaches it through this shell.",
@@ -87,15 +136,34 @@ def array_script(job: ArrayJob) -> str:
         "status=$?",
         "# A trapped signal interrupts `wait`; wait again for the run's own exit status.",
         'while kill -0 "${child}" 2>/dev/null; do wait "${child}"; status=$?; done',
-        f'if [ "${{status}}" -eq {PREEMPTED_EXIT_CODE} ]; then',
-        '  echo "spd-run: task ${SLURM_ARRAY_TASK_ID} checkpointed on a signal; requeueing it"',
-        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
-        "fi",
-        'echo "spd-run: task ${SLURM_ARRAY_TASK_ID} ended with status ${status} at'
-        ' $(date +%Y-%m-%dT%H:%M:%S.%3N%:z)"',
+    ]
+    if job.preemptible:
+        lines += [
+            f'if [ "${{status}}" -eq {PREEMPTED_EXIT_CODE} ]; then',
+            '  echo "spd-run: task ${SLURM_ARRAY_TASK_ID} checkpointed on a signal; requeueing it"',
+            '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+            "fi",
+        ]
+    return [
+        *lines,
+        f'echo "spd-run: task ${{SLURM_ARRAY_TASK_ID}} ended with status ${{status}} at {_TIMESTAMP}"',
         'exit "${status}"',
     ]
-    return "\n".join(lines) + "\n"
+
+
+def _sequence_body(job: JobSpec) -> list[str]:
+    """Every command in turn; the job fails if any of them failed."""
+    return [
+        "status=0",
+        *(f"{shlex.join(command)} || status=1" for command in job.commands),
+        'exit "${status}"',
+    ]
+
+
+def job_script(job: JobSpec) -> str:
+    """The sbatch script of `job`: directives, the shared preamble, then its commands."""
+    body = _array_body(job) if job.array else _sequence_body(job)
+    return "\n".join(["#!/bin/bash", *directives(job), *_preamble(job), *body]) + "\n"
 
 
 def require_sbatch(n_runs: int) -> None:
@@ -107,10 +175,12 @@ def require_sbatch(n_runs: int) -> None:
         )
 
 
-def sbatch(args: list[str]) -> str:
-    """Run sbatch --parsable and return the job id it prints."""
+def submit(job: JobSpec, script_path: Path) -> str:
+    """Write the job's script to `script_path`, submit it and return the job id sbatch prints."""
+    job.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM does not create it
+    script_path.write_text(job_script(job))
     result = subprocess.run(
-        ["sbatch", "--parsable", *args], capture_output=True, text=True, check=False
+        ["sbatch", "--parsable", str(script_path)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise SPDUserError(
@@ -120,32 +190,7 @@ def sbatch(args: list[str]) -> str:
     return result.stdout.strip().split(";")[0]
 
 
-def submit_array(job: ArrayJob, script_path: Path) -> str:
-    """Write the array script and submit it; returns the array's job id."""
-    job.log_dir.mkdir(parents=True, exist_ok=True)  # SLURM does not create it
-    script_path.write_text(array_script(job))
-    return sbatch([str(script_path)])
-
-
-def submit_after(
-    job_id: str, job_name: str, command: list[str], workdir: Path, pythonpath: Path
-) -> str:
-    """Submit a one-CPU job that runs `command` once every task of `job_id` has ended."""
-    wrapped = f'export PYTHONPATH={shlex.quote(str(pythonpath))}"${{PYTHONPATH:+:$PYTHONPATH}}"; {shlex.join(command)}'
-    return sbatch(
-        [
-            f"--dependency=afterany:{job_id}",
-            f"--job-name={job_name}",
-            "--ntasks=1",
-            "--time=10",
-            f"--output={log_dir()}/slurm-%j.out",
-            f"--chdir={workdir}",
-            f"--wrap={wrapped}",
-        ]
-    )
-
-
-def watch_hints(job_id: str, job: ArrayJob) -> list[str]:
+def watch_hints(job_id: str, job: JobSpec) -> list[str]:
     """What to run to follow or stop the array."""
     return [
         f"  watch:  squeue -j {job_id}",

@@ -17,6 +17,7 @@ The grid of all combinations becomes one run each, named after the values it set
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from spd.errors import SPDUserError
 GLOBAL_BLOCK = "global"
 DEFAULT_SWEEP_FILE = Path(__file__).resolve().parent.parent / "scripts" / "sweep_params.yaml"
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._,=+-]")
+# Runs one launch may plan: each is validated before any starts, so a larger grid (usually a
+# mistake, e.g. a values list pasted in twice) would plan for minutes before it is noticed.
+MAX_SWEEP_RUNS = 1000
 
 SweepParams = dict[str, list[Any]]  # dotted config key -> values to try
 
@@ -105,7 +109,17 @@ def load_sweep(path: Path, known_experiments: list[str]) -> Sweep:
 
 
 def expand_grid(params: SweepParams) -> list[dict[str, Any]]:
-    """Every combination of values, as dotted-key overrides (parents before their children)."""
+    """Every combination of values, as dotted-key overrides (parents before their children).
+
+    Refuses a grid of more than `MAX_SWEEP_RUNS` runs before building any of it.
+    """
+    size = math.prod(len(values) for values in params.values())
+    if size > MAX_SWEEP_RUNS:
+        counts = " x ".join(f"{len(values)} {key}" for key, values in params.items())
+        raise SPDUserError(
+            f"the sweep expands to {size} runs ({counts}), more than the {MAX_SWEEP_RUNS} one "
+            "launch plans; sweep fewer values, or split it into several sweep files"
+        )
     keys = sorted(params, key=lambda k: k.count("."))
     return [
         dict(zip(keys, combo, strict=True))

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from spd.config.loading import parse_yaml_text, read_text_file
 from spd.errors import SPDUserError
 from spd.loading.run_paths import resolve_run_path
 
@@ -65,10 +64,9 @@ def find_original_target(path: Path) -> OriginalTarget | None:
         return None
     weights = pairs[0]
     train_config_path = weights.parent / (weights.stem + TRAIN_CONFIG_SUFFIX)
-    try:
-        train_config = yaml.safe_load(train_config_path.read_text())
-    except yaml.YAMLError as err:
-        raise SPDUserError(f"cannot read {train_config_path}: {err}") from None
+    train_config = parse_yaml_text(
+        read_text_file(train_config_path, "target train config"), str(train_config_path)
+    )
     if not isinstance(train_config, dict):
         raise SPDUserError(f"{train_config_path} must hold a YAML mapping")
     return OriginalTarget(weights.stem, weights, train_config)

@@ -13,12 +13,24 @@ from typing import Any
 from spd.config.loading import config_dict, config_from_dict, warn_once
 from spd.config.schema import Config
 from spd.loading.original_targets import original_tied_weights
+from spd.loading.run_paths import cached_wandb_run, is_wandb_path, parse_wandb_path
 
 
-def with_target_ties(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """`data` with `tied_weights` set from an original-layout target when the config has none."""
+def with_target_ties(data: dict[str, Any], source: str, fetch: bool = True) -> dict[str, Any]:
+    """`data` with `tied_weights` set from an original-layout target when the config has none.
+
+    With `fetch` false (translating a config, which needs no network), a `wandb:` target that is
+    not in the download cache is left alone: its tying is decided when the config runs.
+    """
     path = data.get("pretrained_model_path")
     if "tied_weights" in data or not isinstance(path, str):
+        return data
+    if not fetch and is_wandb_path(path) and cached_wandb_run(parse_wandb_path(path)) is None:
+        warn_once(
+            source,
+            f"target {path} is not fetched to translate the config; tied_weights is decided from "
+            "its training config when the run fetches it (a local copy: upgrade --target DIR)",
+        )
         return data
     ties = original_tied_weights(path)
     if ties is None:

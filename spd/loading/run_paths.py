@@ -10,6 +10,7 @@ Two forms are accepted wherever a target model or a trained decomposition is nam
   the run uploaded a target model.
 """
 
+import netrc
 import os
 import re
 import shutil
@@ -40,6 +41,10 @@ WANDB_OWN_FILES = frozenset(
 _CHECKPOINT_FILE = re.compile(r"^checkpoints/model_\d+\.pth$")
 _SEGMENT = re.compile(r"^[^/\s]+$")
 WANDB_FORM = "wandb:<entity>/<project>/runs/<run id>"
+WANDB_KEY_ENV = "WANDB_API_KEY"
+WANDB_HOST = "api.wandb.ai"
+# How long one W&B API request may take: without a network the lookup then fails in seconds.
+WANDB_TIMEOUT_SECONDS = 20
 
 
 @dataclass(frozen=True)
@@ -88,23 +93,49 @@ def _files_to_fetch(names: list[str]) -> list[str]:
     return [n for n in wanted if not _CHECKPOINT_FILE.match(n)] + checkpoints[-1:]
 
 
+def cached_wandb_run(ref: WandbRunRef) -> Path | None:
+    """The complete local copy of a W&B run's files, if one was downloaded; never fetches."""
+    target = cached_run_dir(ref)
+    return target if (target / COMPLETE_MARKER).is_file() else None
+
+
+def _has_wandb_key() -> bool:
+    """Whether a W&B API key is set: the environment (or a `.env` file), or the netrc file that
+    `wandb login` writes ($NETRC, else ~/.netrc)."""
+    load_env_files()
+    if os.environ.get(WANDB_KEY_ENV):
+        return True
+    netrc_file = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return netrc.netrc(netrc_file).authenticators(WANDB_HOST) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _unfetchable(ref: WandbRunRef, why: str) -> SPDUserError:
+    return SPDUserError(
+        f"cannot read W&B run {ref.api_path} ({why}); set {WANDB_KEY_ENV} (or run `wandb login`) where the network is reachable, or "
+        "use a local copy of the run's files (e.g. --override pretrained_model_path=DIR, "
+        "spd-config upgrade --target DIR)"
+    )
+
+
 def download_wandb_run(ref: WandbRunRef) -> Path:
     """The local copy of a W&B run's files, downloading them on first use only."""
+    cached = cached_wandb_run(ref)
+    if cached is not None:
+        return cached
     target = cached_run_dir(ref)
-    if (target / COMPLETE_MARKER).is_file():
-        return target
+    if not _has_wandb_key():
+        raise _unfetchable(ref, f"not in the cache {target} and no W&B API key is set")
     import wandb  # only needed on a cache miss; importing wandb takes a while
 
-    load_env_files()  # the API key may come from a `.env` file
     try:
-        run = wandb.Api().run(ref.api_path)
+        run = wandb.Api(timeout=WANDB_TIMEOUT_SECONDS).run(ref.api_path)
         remote_files = {f.name: f for f in run.files()}
     except Exception as err:  # the public API raises its own error kinds (auth, not found, network)
         first_line = str(err).split("\n")[0]
-        raise SPDUserError(
-            f"cannot read W&B run {ref.api_path} ({type(err).__name__}: {first_line}); check the "
-            "path and that WANDB_API_KEY is set"
-        ) from None
+        raise _unfetchable(ref, f"{type(err).__name__}: {first_line}") from None
     names = _files_to_fetch(list(remote_files))
     if not names:
         raise SPDUserError(f"W&B run {ref.api_path} has no uploaded files to load")

@@ -1,6 +1,5 @@
 """Loading the target model named in a config by class import path and checkpoint."""
 
-import importlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.loading.hf_hub import fetch_guard
 from spd.loading.run_paths import resolve_run_path
+from spd.loading.user_modules import import_user_module
 
 # What a damaged or incomplete target checkpoint makes `from_pretrained` raise.
 LOAD_ERRORS = (
@@ -33,23 +33,7 @@ def import_class(path: str) -> type:
         raise SPDUserError(
             f"pretrained_model_class '{path}' must be a full import path like 'pkg.module.Class'"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SPDUserError(
-            f"pretrained_model_class '{path}': cannot import module '{module_name}' ({err})"
-        ) from None
-    except Exception as err:
-        # The module exists but running it failed (a syntax error, an exception at import time).
-        # In spd's own modules that is a bug and keeps its traceback; in the user's module it is
-        # theirs, named with the first line of the error.
-        if module_name == "spd" or module_name.startswith("spd."):
-            raise
-        first_line = str(err).split("\n")[0]
-        raise SPDUserError(
-            f"pretrained_model_class '{path}': module '{module_name}' was found but fails to "
-            f"import ({type(err).__name__}: {first_line}); fix that module or the import path"
-        ) from None
+    module = import_user_module(module_name, f"pretrained_model_class '{path}'")
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise SPDUserError(
@@ -71,8 +55,14 @@ def load_target_model(config: Config) -> nn.Module:
         # A local path or a `wandb:` run (downloaded once into the cache): see spd/loading/run_paths.py.
         path = resolve_run_path(config.pretrained_model_path)
         if path is None:
-            hint = getattr(
-                cls, "TRAIN_HINT", "train the target first and point pretrained_model_path at it"
+            hint = (
+                cls.train_hint(str(config.pretrained_model_path))
+                if hasattr(cls, "train_hint")
+                else getattr(
+                    cls,
+                    "TRAIN_HINT",
+                    "train the target first and point pretrained_model_path at it",
+                )
             )
             raise SPDUserError(
                 f"target checkpoint not found: {config.pretrained_model_path}; {hint}"
@@ -87,7 +77,13 @@ def load_target_model(config: Config) -> nn.Module:
             with fetch_guard("model", source, "pretrained_model_name_hf"):
                 model = from_pretrained(source)
         else:
-            model = from_pretrained(source)
+            try:
+                model = from_pretrained(source)
+            except SPDUserError as err:
+                # E.g. weights that cannot be read (spd.loading.weights_only): name the target.
+                raise SPDUserError(
+                    f"cannot load target {config.pretrained_model_class} from {source}: {err}"
+                ) from None
     except LOAD_ERRORS as err:
         # A damaged or incomplete target checkpoint: say which, without a traceback.
         message = f"cannot load target {config.pretrained_model_class} from {source}: {err!r}"

@@ -19,11 +19,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from spd.config.schema import Config, GateType, SigmoidType, TiedWeightsMode
+from spd.config.schema import Config, SigmoidType, TiedWeightsMode
 from spd.errors import SPDUserError
 from spd.loading.run_paths import resolve_run_path
 from spd.loading.targets import load_target_model
-from spd.models.components import Components, EmbeddingComponents, MLPGates, VectorMLPGates
+from spd.models.ci_fns.base import (
+    LayerShape,
+    LayerwiseCIFunctions,
+    ci_function_type,
+    module_key,
+)
+from spd.models.components import Components, EmbeddingComponents
 from spd.models.low_rank_stream import LowRankStream, read_stream, write_stream
 from spd.models.sigmoids import get_sigmoids
 from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
@@ -129,28 +135,32 @@ class ComponentModel(nn.Module):
         target: nn.Module,
         target_module_patterns: list[str],
         C: int,
-        gate_type: GateType = "mlp",
-        gate_hidden_dims: list[int] | None = None,
+        ci_fn_type: str = "mlp",
+        ci_fn_hidden_dims: list[int] | None = None,
+        ci_fn_params: Mapping[str, Any] | None = None,
         output_attr: str | None = None,
         tied_weights: list[tuple[str, str]] | None = None,
         tied_weights_mode: TiedWeightsMode = "shared_storage",
     ) -> None:
         super().__init__()
-        hidden_dims = [16] if gate_hidden_dims is None else gate_hidden_dims
         self.C = C
         self.output_attr = output_attr
         target.requires_grad_(False)
         self.target = target
         self.module_names = match_module_names(target, target_module_patterns)
         self.decomposed: dict[str, DecomposedModule] = {}
-        gates: dict[str, nn.Module] = {}
         for name in self.module_names:
             original = target.get_submodule(name)
             wrapper = DecomposedModule(original, _build_components(original, C))
             target.set_submodule(name, wrapper)
             self.decomposed[name] = wrapper
-            gates[_key(name)] = self._build_gate(wrapper.components, gate_type, hidden_dims, name)
-        self.gates = nn.ModuleDict(gates)
+        self.ci_fn_type = ci_function_type(ci_fn_type)
+        # Built after every layer's components (which draw no random numbers), in module order.
+        self.ci_fns = self.ci_fn_type.build(
+            {name: layer_shape(comp) for name, comp in self.components.items()},
+            [16] if ci_fn_hidden_dims is None else ci_fn_hidden_dims,
+            self.ci_fn_type.params_model.model_validate(ci_fn_params or {}),
+        )
         for source, tied in tied_weights or []:
             for name in (source, tied):
                 if name not in self.decomposed:
@@ -190,25 +200,14 @@ class ComponentModel(nn.Module):
         ]
         return [{"params": group} for group in groups if group]
 
-    @staticmethod
-    def _build_gate(
-        components: Components, gate_type: GateType, hidden_dims: list[int], name: str
-    ) -> nn.Module:
-        if gate_type == "mlp":
-            return MLPGates(components.C, hidden_dims)
-        if isinstance(components, EmbeddingComponents):
-            raise SPDUserError(
-                f"gate_type 'vector_mlp' is not available for the embedding '{name}' (its input is a "
-                "token index); use gate_type 'mlp'"
-            )
-        return VectorMLPGates(components.C, components.d_in, hidden_dims)
-
     @property
     def components(self) -> dict[str, Components]:
         return {name: wrapper.components for name, wrapper in self.decomposed.items()}
 
-    def gate(self, name: str) -> nn.Module:
-        return self.gates[_key(name)]
+    def ci_fn(self, name: str) -> nn.Module:
+        """Layer `name`'s own CI function (a CI-function type with one function per layer)."""
+        assert isinstance(self.ci_fns, LayerwiseCIFunctions), "the CI function sees every layer"
+        return self.ci_fns[module_key(name)]
 
     def init_components_from_target(self, seed: int) -> None:
         """Initialise every layer's factors from its target weight (docs/method.md, 'Objects')."""
@@ -305,27 +304,36 @@ class ComponentModel(nn.Module):
         factors.
         """
         mask_fn, loss_fn = get_sigmoids(sigmoid_type)
-        streams = streams or {}
-        ci: dict[str, Tensor] = {}
-        ci_upper: dict[str, Tensor] = {}
+        raw: dict[str, Tensor] = self.ci_fns(
+            self._ci_fn_inputs(pre_acts, streams or {}, detach_inputs)
+        )
+        ci = {name: mask_fn(r) for name, r in raw.items()}
+        ci_upper = {name: loss_fn(r) for name, r in raw.items()}
+        return ci, ci_upper
+
+    def _ci_fn_inputs(
+        self,
+        pre_acts: Mapping[str, Tensor],
+        streams: Mapping[str, LowRankStream],
+        detach: bool,
+    ) -> dict[str, Tensor]:
+        """What the CI functions read (`ci_fn_type.reads`) of each layer in `pre_acts` or
+        `streams`, in module order: its inner activations x @ V, or its input x."""
+        inputs: dict[str, Tensor] = {}
         for name in self.module_names:
             if name not in pre_acts and name not in streams:
                 continue
-            gate = self.gate(name)
             stream = streams.get(name)
-            if stream is not None and isinstance(gate, MLPGates):
-                gate_input = stream.project(self.components[name].V)
-            else:
-                a = pre_acts[name] if stream is None else stream.dense()
-                gate_input = (
-                    self.components[name].inner_acts(a) if isinstance(gate, MLPGates) else a
+            if self.ci_fn_type.reads == "inner_acts":
+                x = (
+                    self.components[name].inner_acts(pre_acts[name])
+                    if stream is None
+                    else stream.project(self.components[name].V)
                 )
-            if detach_inputs:
-                gate_input = gate_input.detach()
-            raw = gate(gate_input)
-            ci[name] = mask_fn(raw)
-            ci_upper[name] = loss_fn(raw)
-        return ci, ci_upper
+            else:
+                x = pre_acts[name] if stream is None else stream.dense()
+            inputs[name] = x.detach() if detach else x
+        return inputs
 
     # ----- persistence -----
 
@@ -337,17 +345,19 @@ class ComponentModel(nn.Module):
         """
         return {
             "components": {
-                f"{_key(name)}.{k}": v
+                f"{module_key(name)}.{k}": v
                 for name, comp in self.components.items()
                 for k, v in comp.state_dict().items()
                 if not (comp.is_tied and k in TIED_FACTORS)
             },
-            "gates": self.gates.state_dict(),
+            "ci_fns": self.ci_fns.state_dict(),
         }
 
     def load_decomposition_state(self, state: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Load what `decomposition_state` returned, or what an earlier version wrote (the CI
+        functions under 'gates')."""
         for name, comp in self.components.items():
-            prefix = f"{_key(name)}."
+            prefix = f"{module_key(name)}."
             own = {
                 k[len(prefix) :]: v for k, v in state["components"].items() if k.startswith(prefix)
             }
@@ -361,7 +371,7 @@ class ComponentModel(nn.Module):
                 raise RuntimeError(
                     f"state of tied module '{name}': missing {bad_missing}, unexpected {unexpected}"
                 )
-        self.gates.load_state_dict(state["gates"])
+        self.ci_fns.load_state_dict(state["ci_fns" if "ci_fns" in state else "gates"])
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ComponentModel":
@@ -398,8 +408,9 @@ def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
         target,
         target_module_patterns=config.target_module_patterns,
         C=config.C,
-        gate_type=config.gate_type,
-        gate_hidden_dims=config.gate_hidden_dims,
+        ci_fn_type=config.ci_fn_type,
+        ci_fn_hidden_dims=config.ci_fn_hidden_dims,
+        ci_fn_params=config.ci_fn_params,
         output_attr=config.pretrained_model_output_attr,
         tied_weights=config.tied_weights,
         tied_weights_mode=config.tied_weights_mode,
@@ -410,6 +421,11 @@ def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
 TIED_FACTORS = ("_V", "_U")
 
 
-def _key(name: str) -> str:
-    # ModuleDict keys cannot contain '.'.
-    return name.replace(".", "-")
+def layer_shape(components: Components) -> LayerShape:
+    """What a CI function knows of the layer `components` decomposes."""
+    return LayerShape(
+        components.d_in,
+        components.d_out,
+        components.C,
+        token_input=isinstance(components, EmbeddingComponents),
+    )

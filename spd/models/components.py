@@ -8,8 +8,6 @@ GPT-2 `Conv1D` and (with the input a token index, `x @ V` becoming a row lookup)
 The equivalent weight is `V @ U` in (d_in, d_out) layout; a `Linear` stores its transpose.
 """
 
-import itertools
-import math
 from typing import Literal
 
 import torch
@@ -18,7 +16,6 @@ from torch import Tensor, nn
 
 from spd.config.schema import TiedWeightsMode
 from spd.models.low_rank_stream import LowRankStream
-from spd.models.scalar_mlp import scalar_mlp
 
 WeightLayout = Literal["out_in", "in_out"]
 
@@ -161,81 +158,3 @@ class EmbeddingComponents(Components):
 
     def inner_acts(self, x: Int[Tensor, "..."]) -> Float[Tensor, "... C"]:  # pyright: ignore[reportIncompatibleMethodOverride]
         return self.V[x]
-
-
-class MLPGates(nn.Module):
-    """`gate_type: mlp` — one tiny MLP per subcomponent on its scalar inner activation.
-
-    All C MLPs run at once as batched maps: hidden layer k has weights (C, d_k, d_{k+1}).
-    """
-
-    def __init__(self, C: int, hidden_dims: list[int]) -> None:
-        super().__init__()
-        dims = [1, *hidden_dims, 1]
-        n_layers = len(dims) - 1
-        self.weights = nn.ParameterList(
-            nn.Parameter(_fan_in_normal((C, d_in, d_out), d_in, is_output=k == n_layers - 1))
-            for k, (d_in, d_out) in enumerate(itertools.pairwise(dims))
-        )
-        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(C, d_out)) for d_out in dims[1:])
-
-    def forward(self, inner_acts: Float[Tensor, "... C"]) -> Float[Tensor, "... C"]:
-        if len(self.weights) == 2:
-            # One hidden layer (the common case): the fused kernel, same maths.
-            w1, w2 = self.weights
-            b1, b2 = self.biases
-            return scalar_mlp(inner_acts, w1[:, 0, :], b1, w2[:, :, 0], b2[:, 0])
-        last = len(self.weights) - 1
-        h: Tensor = inner_acts.unsqueeze(-1)  # (..., C, 1)
-        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if k == 0:
-                # A (1 → d) map is an outer product; skip the einsum.
-                h = h * w[:, 0, :] + b
-            elif k == last and w.shape[-1] == 1:
-                h = (h * w[:, :, 0]).sum(-1, keepdim=True) + b
-            else:
-                h = torch.einsum("...ci,cio->...co", h, w) + b
-            if k < last:
-                h = torch.nn.functional.gelu(h)
-        return h.squeeze(-1)
-
-
-class VectorMLPGates(nn.Module):
-    """`gate_type: vector_mlp` — one MLP per subcomponent on the whole pre-weight activation."""
-
-    def __init__(self, C: int, d_in: int, hidden_dims: list[int]) -> None:
-        super().__init__()
-        dims = [*hidden_dims, 1]
-        self.C = C
-        self.in_weight = nn.Parameter(
-            _fan_in_normal((d_in, C, dims[0]), d_in, is_output=len(dims) == 1)
-        )
-        self.in_bias = nn.Parameter(torch.zeros(C, dims[0]))
-        n_later = len(dims) - 1
-        self.weights = nn.ParameterList(
-            nn.Parameter(_fan_in_normal((C, a, b), a, is_output=k == n_later - 1))
-            for k, (a, b) in enumerate(itertools.pairwise(dims))
-        )
-        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(C, b)) for b in dims[1:])
-
-    def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... C"]:
-        d_in, C, d_hidden = self.in_weight.shape
-        h = (x @ self.in_weight.reshape(d_in, C * d_hidden)).unflatten(-1, (C, d_hidden))
-        h = h + self.in_bias
-        for w, b in zip(self.weights, self.biases, strict=True):
-            h = torch.einsum("...ci,cio->...co", torch.nn.functional.gelu(h), w) + b
-        return h.squeeze(-1)
-
-
-def fan_in_std(fan_in: int, is_output: bool) -> float:
-    """Initial std of a CI-function weight: gain √2 before a GELU, gain 1 for the output layer.
-
-    The He-style √(2/fan_in) keeps the pre-GELU variance near 1 whatever the width; the output
-    layer feeds no nonlinearity, so it takes 1/√fan_in, as the original implementation does
-    (docs/method.md, 'Differences from the original implementation').
-    """
-    return math.sqrt((1.0 if is_output else 2.0) / fan_in)
-
-
-def _fan_in_normal(shape: tuple[int, ...], fan_in: int, is_output: bool) -> Tensor:
-    return torch.randn(shape) * fan_in_std(fan_in, is_output)

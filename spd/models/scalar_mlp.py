@@ -1,4 +1,4 @@
-"""A fused forward/backward for C independent one-hidden-layer MLPs on scalars (`gate_type: mlp`).
+"""A fused forward/backward for C independent one-hidden-layer MLPs on scalars (`ci_fn_type: mlp`).
 
 The CI functions' cost is dominated by (batch × C × hidden) elementwise work, and on the CPU by
 moving it through memory: tms_40-10's hidden layer alone is 4096 × 200 × 16 floats (52 MB) per

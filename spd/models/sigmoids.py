@@ -1,8 +1,9 @@
 """Squashing functions that turn raw causal-importance outputs into values in [0, 1].
 
 Each `sigmoid_type` yields a pair: the function used for masks and the one used for the
-importance-minimality loss. `leaky_hard` uses a lower-leaky hard sigmoid for masks (so dead
-gates get gradient) and an upper-leaky one for the loss (so values above 1 are still pushed down).
+importance-minimality loss. `leaky_hard` uses a lower-leaky hard sigmoid for masks (so a CI
+function whose output is at or below 0 still gets gradient) and an upper-leaky one for the loss (so
+values above 1 are still pushed down).
 """
 
 from collections.abc import Callable

@@ -17,6 +17,7 @@ from torch import Tensor
 from spd.config.loading import config_from_dict
 from spd.config.schema import Config
 from spd.errors import SPDUserError
+from spd.loading.weights_only import load_weights_only
 from spd.persistence.atomic_files import atomic_torch_save
 from spd.persistence.run_dir import RunDirectory
 
@@ -96,12 +97,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint file, turning a truncated or foreign file into a clear error."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a damaged file
-        raise SPDUserError(
-            f"cannot read checkpoint {path}: {type(err).__name__}: {err}".split("\n")[0]
-        ) from None
+    data = load_weights_only(path, "checkpoint")
     if not isinstance(data, dict) or not {"config", "decomposition"} <= data.keys():
         raise SPDUserError(f"{path} is not an spd checkpoint (no 'config'/'decomposition' entries)")
     return data

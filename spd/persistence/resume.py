@@ -12,7 +12,8 @@ from typing import Any
 
 from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
+from spd.persistence.checkpoint_check import TRAINING_STATE_KEYS, newest_good_checkpoint
+from spd.persistence.checkpoints import checkpoint_config
 from spd.persistence.run_dir import CONFIG_FILE, RunDirectory
 
 RESUMABLE_FIELDS = frozenset(
@@ -44,7 +45,6 @@ RESUMABLE_FIELDS = frozenset(
         "figures",
     }
 )
-TRAINING_STATE_KEYS = ("optimizer", "rng", "data", "alive")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,10 @@ def check_run_directory(path: Path) -> Path:
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    # `losses:` entries by their term's name, so that a refusal names e.g.
+    # `losses.importance_minimality.coeff` rather than printing both lists.
+    if isinstance(data, list) and all(isinstance(e, dict) and "name" in e for e in data):
+        data = {entry["name"]: entry for entry in data} if data else data
     if isinstance(data, dict):
         flat: dict[str, Any] = {}
         for key, value in data.items():
@@ -113,8 +117,12 @@ def check_checkpoint(data: dict[str, Any], source: Path, config: Config) -> int:
 
 
 def find_resume_point(path: Path, config: Config) -> ResumePoint:
-    """Check that the run at `path` can continue under `config`, before anything is written."""
+    """Check that the run at `path` can continue under `config`, before anything is written.
+
+    It continues from the newest good checkpoint (`newest_good_checkpoint`: readable, complete,
+    finite), saying which newer ones it passed over; the config must be compatible with it.
+    """
     check_run_directory(path)
-    checkpoint = latest_checkpoint(path)
-    step = check_checkpoint(read_checkpoint(checkpoint), checkpoint, config)
+    checkpoint, data = newest_good_checkpoint(path, training_state=True)
+    step = check_checkpoint(data, checkpoint, config)
     return ResumePoint(run_dir=RunDirectory(path), checkpoint=checkpoint, step=step)

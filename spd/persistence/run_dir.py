@@ -10,6 +10,7 @@ Layout:
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ class RunDirectory:
             except json.JSONDecodeError:
                 # Only a process killed mid-append leaves a broken line, and it is the last one.
                 continue
-            if row["step"] < step:
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
                 kept.append(line + "\n")
         atomic_write_text(self.metrics_file, "".join(kept))
 
@@ -118,16 +119,38 @@ class RunDirectory:
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
-    """All rows of a run's metrics.jsonl (a run directory or the file itself)."""
+    """All intact rows of a run's metrics.jsonl (a run directory or the file itself).
+
+    A damaged line (overwritten, not a JSON row with a step) is skipped wherever it is, with one
+    warning per file saying how many and which line first: one bad line must not hide every other
+    row of the run. A last line without its newline is a write cut short (a killed process, a
+    full disk), which resume truncates: it is skipped without a warning.
+    """
     file = path / "metrics.jsonl" if path.is_dir() else path
-    lines = [line for line in file.read_text().splitlines() if line.strip()]
-    rows = []
-    for index, line in enumerate(lines):
+    try:
+        text = file.read_bytes().decode("utf-8", errors="replace")
+    except OSError as err:
+        raise SPDUserError(f"cannot read {file}: {err.strerror}") from None
+    lines = text.split("\n")
+    # split leaves "" after a final newline; anything else there is an unfinished write.
+    complete = lines[:-1]
+    rows: list[dict[str, float]] = []
+    damaged: list[int] = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            # A process killed mid-append, or a disk that filled up, cuts the last line short;
-            # that row was never complete. A broken line anywhere else is real damage.
-            if index != len(lines) - 1:
-                raise
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            damaged.append(number)
+    if damaged:
+        print(
+            f"spd: warning: {file}: skipped {len(damaged)} damaged line(s) (first: line "
+            f"{damaged[0]})",
+            file=sys.stderr,
+        )
     return rows

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
 from spd.persistence.atomic_files import atomic_write_text
+from spd.persistence.output_guard import check_output_file
 from spd.persistence.run_dir import check_writable_directory
-from spd.tracking.report import find_run_directories, read_run, render_summary
+from spd.tracking.report import HTML_START, find_run_directories, read_run, render_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directories, or folders holding run directories",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("summary.html"), help="where to write the page"
+        "--out",
+        type=Path,
+        default=Path("summary.html"),
+        help="where to write the page (default: %(default)s in the current directory)",
     )
     parser.add_argument("--title", default="SPD runs", help="the page title")
     return parser
@@ -53,11 +57,12 @@ def expand_run_dirs(paths: list[Path]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    runs = [read_run(path) for path in expand_run_dirs(args.run_dirs)]
     out: Path = args.out
     if out.is_dir():
         raise SPDUserError(f"--out {out} is a directory; give the path of the HTML file to write")
+    check_output_file(out, "--out", HTML_START)
     check_writable_directory(out.parent, "--out's folder")
+    runs = [read_run(path) for path in expand_run_dirs(args.run_dirs)]
     atomic_write_text(out, render_summary(runs, out.resolve().parent, title=args.title))
     print(f"spd-report: {len(runs)} run(s) summarised in {out}")
 

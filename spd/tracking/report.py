@@ -1,10 +1,12 @@
 """Self-contained HTML reports of run directories (the local counterpart of a W&B report).
 
-`write_run_report(run_dir)` writes `<run dir>/report.html`: the final value of every logged
-metric, the latest image of every figure (embedded as base64 PNG) and the config. The page needs
+`write_run_report(run_dir)` writes `<run dir>/report.html`: the run's decisive numbers
+(`spd.tracking.headline`), every logged series as a curve (`spd.tracking.curves`), the final value
+of every logged metric (an `eval/` value repeated under `final/` shown once), the latest image of
+every figure (embedded as base64 PNG) and the config. The page needs
 no server and no other file. `render_summary(runs)` builds one page comparing several runs
 (metrics side by side, swept values as columns, the config keys that differ, links to each run's
-report, each run's figures as thumbnails); `spd-report` and a launch's summary page
+report, the runs' curves overlaid, each run's figures as thumbnails); `spd-report` and a launch's summary page
 (`spd.launch.report`) both use it. This module is the only HTML generator of the package.
 """
 
@@ -19,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from spd.config.loading import parse_yaml_text, warn_once
 from spd.errors import SPDUserError
 from spd.persistence.atomic_files import atomic_write_text
 from spd.persistence.run_dir import read_metrics
+from spd.tracking.curves import Series, curves_html, metric_series
+from spd.tracking.headline import headline_html, table_keys
 
 REPORT_NAME = "report.html"
+# How every page written here begins (spd-report replaces an existing file only if it does).
+HTML_START = "<!DOCTYPE html>"
 _FIGURE_FILE = re.compile(r"^(?P<name>.+)_(?P<step>\d+)\.png$")
 # Metric groups in the order a reader wants them; anything else comes last.
 _GROUP_ORDER = ("final/", "eval/", "train/")
@@ -70,6 +75,7 @@ class RunRecord:
     config: dict[str, Any]
     final_metrics: dict[str, tuple[int, float]] = field(default_factory=dict)
     figures: list[FigureFile] = field(default_factory=list)
+    series: dict[str, Series] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -131,13 +137,20 @@ def read_run(path: Path) -> RunRecord:
             f"{path} is not an spd run directory (no final_config.yaml or metrics.jsonl)"
         )
     config_file = path / "final_config.yaml"
-    config_text = config_file.read_text() if config_file.is_file() else ""
-    loaded = yaml.safe_load(config_text) if config_text else None
+    config_text = config_file.read_text(errors="replace") if config_file.is_file() else ""
+    try:
+        loaded = parse_yaml_text(config_text, str(config_file)) if config_text else None
+    except SPDUserError as err:
+        # A damaged config is shown as it is; the rest of the run is still worth reporting.
+        warn_once(str(path), f"{err}; its config is left out of the report")
+        loaded = None
     record = RunRecord(
         path=path, config_text=config_text, config=loaded if isinstance(loaded, dict) else {}
     )
     if (path / "metrics.jsonl").is_file():
-        record.final_metrics = final_metric_values(read_metrics(path))
+        rows = read_metrics(path)
+        record.final_metrics = final_metric_values(rows)
+        record.series = metric_series(rows)
     record.figures = latest_figures(path / "figures")
     return record
 
@@ -182,7 +195,7 @@ def _page(title: str, meta: str, sections: list[tuple[str, str, str]]) -> str:
         for sid, heading, inner in sections
     )
     return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'{HTML_START}\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f'<h1>{html.escape(title)}</h1>\n<p class="meta">{meta}</p>\n<nav>{nav}</nav>\n{body}\n'
         "</body>\n</html>\n"
@@ -208,7 +221,7 @@ def render_run_report(run: RunRecord) -> str:
     """The HTML report of one run: final metrics, latest figures, config."""
     if run.final_metrics:
         rows = _grouped_rows(
-            list(run.final_metrics),
+            table_keys(run.final_metrics),
             lambda k: (
                 f'<td class="num">{_format_value(run.final_metrics[k][1])}</td>'
                 f'<td class="num">{run.final_metrics[k][0]}</td>'
@@ -228,6 +241,8 @@ def render_run_report(run: RunRecord) -> str:
         f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
     )
     sections = [
+        ("headline", "Decisive numbers", headline_html(run.final_metrics) or "<p>None logged.</p>"),
+        ("curves", "Curves", curves_html([(run.name, run.series)]) or "<p>None logged.</p>"),
         ("metrics", "Final metrics", metrics),
         ("figures", "Figures", _gallery(run.figures)),
         ("config", "Config", config),
@@ -265,22 +280,13 @@ def _swept_cell(values: dict[str, Any], key: str) -> str:
     return html.escape(json.dumps(values[key])) if key in values else ""
 
 
-def render_summary(
+def _overview(
     runs: Sequence[RunRecord],
+    swept: Sequence[dict[str, Any]],
+    missing: Sequence[str],
     out_dir: Path,
-    title: str = "SPD runs",
-    swept: Sequence[dict[str, Any]] | None = None,
-    missing: Sequence[str] = (),
 ) -> str:
-    """One page comparing `runs`: an overview (one row per run, the values a sweep chose for it
-    as columns, a link to its report), final metrics side by side, config differences and each
-    run's latest figures as thumbnails.
-
-    `swept[i]` holds the swept values of `runs[i]`; `missing` names runs of a launch that wrote no
-    run directory. Links are relative to `out_dir`, where the page will be written.
-    """
-    head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
-    swept = list(swept) if swept is not None else [{} for _ in runs]
+    """One row per run: its name, swept values, last step, report link and directory."""
     swept_keys = list(dict.fromkeys(key for values in swept for key in values))
     overview_rows = []
     for run, values in zip(runs, swept, strict=True):
@@ -303,11 +309,14 @@ def render_summary(
             + "<td></td><td></td><td>missing (no run directory yet)</td></tr>"
         )
     swept_head = "".join(f"<th>{html.escape(key)}</th>" for key in swept_keys)
-    overview = (
+    return (
         f"<table><thead><tr><th>run</th>{swept_head}<th>last step</th><th>report</th>"
         f"<th>directory</th></tr></thead><tbody>{''.join(overview_rows)}</tbody></table>"
     )
 
+
+def _metrics_side_by_side(runs: Sequence[RunRecord], head: str) -> str:
+    """Every metric key a row, each run's final value a column."""
     keys = sorted(set().union(*(run.final_metrics for run in runs)))
 
     def cells(key: str) -> str:
@@ -316,21 +325,42 @@ def render_summary(
             f'<td class="num">{"" if v is None else _format_value(v[1])}</td>' for v in values
         )
 
-    metrics = (
+    return (
         f'<table class="metrics"><thead><tr><th>metric</th>{head}</tr></thead>'
         f"<tbody>{_grouped_rows(keys, cells, len(runs) + 1)}</tbody></table>"
     )
+
+
+def _config_table(runs: Sequence[RunRecord], head: str) -> str:
+    """The config keys that differ between the runs, each run's value a column."""
     differences = config_differences(runs)
-    if differences:
-        diff_rows = "".join(
-            f"<tr><td>{html.escape(key)}</td>"
-            + "".join(f"<td>{html.escape(v) if v is not None else '—'}</td>" for v in values)
-            + "</tr>"
-            for key, values in differences.items()
-        )
-        config = f"<table><thead><tr><th>config key</th>{head}</tr></thead><tbody>{diff_rows}</tbody></table>"
-    else:
-        config = "<p>All runs have the same config.</p>"
+    if not differences:
+        return "<p>All runs have the same config.</p>"
+    diff_rows = "".join(
+        f"<tr><td>{html.escape(key)}</td>"
+        + "".join(f"<td>{html.escape(v) if v is not None else '—'}</td>" for v in values)
+        + "</tr>"
+        for key, values in differences.items()
+    )
+    return f"<table><thead><tr><th>config key</th>{head}</tr></thead><tbody>{diff_rows}</tbody></table>"
+
+
+def render_summary(
+    runs: Sequence[RunRecord],
+    out_dir: Path,
+    title: str = "SPD runs",
+    swept: Sequence[dict[str, Any]] | None = None,
+    missing: Sequence[str] = (),
+) -> str:
+    """One page comparing `runs`: an overview (one row per run, the values a sweep chose for it
+    as columns, a link to its report), final metrics side by side, config differences and each
+    run's latest figures as thumbnails.
+
+    `swept[i]` holds the swept values of `runs[i]`; `missing` names runs of a launch that wrote no
+    run directory. Links are relative to `out_dir`, where the page will be written.
+    """
+    head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
+    swept = list(swept) if swept is not None else [{} for _ in runs]
     galleries = "".join(
         f'<h3 id="run-{i}">{html.escape(run.name)}</h3>{_gallery(run.figures, thumbnails=True)}'
         for i, run in enumerate(runs)
@@ -339,9 +369,10 @@ def render_summary(
     if missing:
         meta += f" · {len(missing)} missing"
     sections = [
-        ("runs", "Runs", overview),
-        ("metrics", "Final metrics", metrics),
-        ("config", "Config differences", config),
+        ("runs", "Runs", _overview(runs, swept, missing, out_dir)),
+        ("curves", "Curves", curves_html([(r.name, r.series) for r in runs]) or "<p>None.</p>"),
+        ("metrics", "Final metrics", _metrics_side_by_side(runs, head)),
+        ("config", "Config differences", _config_table(runs, head)),
         ("figures", "Figures", galleries),
     ]
     return _page(title, meta, sections)

@@ -29,9 +29,11 @@ from urllib.parse import urlparse
 from matplotlib.figure import Figure
 from PIL import Image
 
+from spd.config.environment import check_wandb_mode
 from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.loading.env_files import load_env_files
+from spd.losses.terms.importance_minimality import importance_params
 from spd.persistence.run_dir import RunDirectory
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ def has_netrc_login() -> bool:
 
 def tracking_mode() -> TrackingMode:
     """Online with a key (environment or netrc login), offline with WANDB_MODE=offline, else local."""
+    check_wandb_mode()
     mode = os.environ.get(MODE_ENV, "").strip().lower()
     if mode in ("offline", "dryrun"):
         return "offline"
@@ -88,9 +91,10 @@ def wandb_run_name(config: Config, base: str) -> str:
     if config.wandb_run_name:
         return config.wandb_run_name
     parts = [base, f"C{config.C}", f"lr{config.lr:g}"]
-    if config.importance_minimality_coeff is not None:
-        parts.append(f"imp{config.importance_minimality_coeff:g}")
-    parts += [f"p{config.pnorm:g}", f"seed{config.seed}"]
+    importance = config.loss_coeffs.get("importance_minimality")
+    if importance is not None:
+        parts.append(f"imp{importance:g}")
+    parts += [f"p{importance_params(config).pnorm:g}", f"seed{config.seed}"]
     return config.wandb_run_name_prefix + "-".join(parts)
 
 

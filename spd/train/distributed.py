@@ -100,16 +100,6 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
     return seed + RANK_SEED_STRIDE * (rank_info().rank if rank is None else rank)
 
 
-def per_rank_batch_size(batch_size: int) -> int:
-    """Each rank's share of a (micro)batch; the global batch must split evenly over the ranks."""
-    world = rank_info().world_size
-    if batch_size % world != 0:
-        raise SPDUserError(
-            f"batch of {batch_size} cannot be split evenly over {world} data-parallel ranks"
-        )
-    return batch_size // world
-
-
 def _reduce_device() -> torch.device:
     # nccl reduces CUDA tensors only; gloo reduces CPU tensors.
     if dist.get_backend() == "nccl":

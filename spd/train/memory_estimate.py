@@ -7,10 +7,11 @@ The estimate has two parts:
   memory torch has allocated on a GPU;
 - the *step*: what one training step adds, modelled from the config and the target's shapes.
   Trainable parameters count four times (value, gradient, AdamW's two moments). Activations are
-  counted per row of a micro-batch (per token for a language model): the causal-importance
-  functions' hidden units, and, for every forward pass that builds a graph (each stochastic mask
-  sample, each layer-wise pass), the outputs of every linear layer of the target, its attention
-  probabilities, and the output the loss compares (twice more for a KL loss: the log-softmaxes).
+  counted per row of a micro-batch (per token for a language model): what the CI functions keep
+  (as their type declares, `spd.models.ci_fns`), and, for every forward pass that builds a graph
+  (each stochastic mask sample, each layer-wise pass), the outputs of every linear layer of the
+  target, its attention probabilities, and the output the loss compares (twice more for a KL
+  loss: the log-softmaxes).
   `ACTIVATION_OVERHEAD` covers what autograd keeps besides those (masks, norms, element-wise
   intermediates); it was fitted on tms_5-2, resid_mlp1 and the offline LM example (docs/memory.md,
   measured with scripts/measure_memory.py). On the CPU a fixed `CPU_RUNTIME_BYTES` is added.
@@ -19,7 +20,6 @@ On the CPU, a target with `independent_rows` trains on its live rows only
 (`spd/losses/row_selection.py`); the estimate counts the rows such a batch is expected to keep.
 """
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spd.config.schema import Config, LMTaskConfig
+from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.losses.row_selection import LIVE_ROW_SHARE_MAX
+from spd.losses.term import SampledParams
+from spd.models.ci_fns.base import LayerShape, ci_function_type
 from spd.models.component_model import match_module_names
 
 FLOAT_BYTES = 4
@@ -109,14 +111,6 @@ def _attention_per_token(target: nn.Module, seq_len: int) -> int:
     return layers * heads * seq_len
 
 
-def _gate_parameters(config: Config, d_in: int) -> int:
-    hidden = config.gate_hidden_dims
-    dims = [*hidden, 1]
-    between = sum(a * b + b for a, b in itertools.pairwise(dims))
-    first = (1 if config.gate_type == "mlp" else d_in) * dims[0] + dims[0]
-    return config.C * (first + between)
-
-
 def _expected_row_share(config: Config, target: nn.Module, device: torch.device) -> float:
     """The share of a batch's rows a training step computes on (see row_selection.py)."""
     task = config.task_config
@@ -130,21 +124,42 @@ def _expected_row_share(config: Config, target: nn.Module, device: torch.device)
     return live if live <= LIVE_ROW_SHARE_MAX else 1.0
 
 
+def _graph_passes(config: Config, n_layers: int) -> int:
+    """Forward passes of a step that build a graph: each mask sample (with a layer-wise pass per
+    layer when stochastic_recon_layerwise is on), and the CI-masked passes."""
+    coeffs = config.loss_coeffs
+    samples = max(
+        (
+            params.n_mask_samples
+            for params in map(config.loss_params, coeffs)
+            if isinstance(params, SampledParams)
+        ),
+        default=1,
+    )
+    layerwise = n_layers if "stochastic_recon_layerwise" in coeffs else 0
+    passes = samples * (1 + layerwise)
+    passes += 1 if "recon" in coeffs else 0
+    return passes + (n_layers if "recon_layerwise" in coeffs else 0)
+
+
 def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     """Memory one training step of `config` on `target` adds to the process (see module doc)."""
     names = match_module_names(target, config.target_module_patterns)
     modules = dict(target.named_modules())
     shapes = [_shape(modules[name]) for name in names]
-    parameters = sum(
-        config.C * (d_in + d_out) + _gate_parameters(config, d_in) for d_in, d_out in shapes
-    )
+    layers = {
+        name: LayerShape(d_in, d_out, config.C, isinstance(modules[name], nn.Embedding))
+        for name, (d_in, d_out) in zip(names, shapes, strict=True)
+    }
+    ci_type = ci_function_type(config.ci_fn_type)
+    ci_params = ci_type.params_model.model_validate(config.ci_fn_params)
+    hidden = config.ci_fn_hidden_dims
+    parameters = sum(config.C * (d_in + d_out) for d_in, d_out in shapes)
+    parameters += ci_type.parameter_count(layers, hidden, ci_params)
 
-    seq_len = config.task_config.max_seq_len if isinstance(config.task_config, LMTaskConfig) else 1
-    gate_units = sum(config.C * (sum(config.gate_hidden_dims) + 3) for _ in shapes)
-    layerwise = len(shapes) if config.stochastic_recon_layerwise_coeff is not None else 0
-    graph_passes = config.n_mask_samples * (1 + layerwise)
-    graph_passes += 1 if config.recon_coeff is not None else 0
-    graph_passes += len(shapes) if config.recon_layerwise_coeff is not None else 0
+    seq_len = config.task_config.sequence_length
+    ci_units = ci_type.activation_elements(layers, hidden, ci_params)
+    graph_passes = _graph_passes(config, len(shapes))
     output = _output_width(target)
     per_pass = (
         _layer_outputs_per_row(target)
@@ -152,11 +167,11 @@ def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
         + _attention_per_token(target, seq_len)
         + output * (3 if config.output_loss_type == "kl" else 1)
     )
-    per_row = seq_len * (gate_units + graph_passes * per_pass)
+    per_row = seq_len * (ci_units + graph_passes * per_pass)
     rows = config.microbatch_size * _expected_row_share(config, target, device)
     eval_rows = config.eval_batch_size
     # Evaluation runs without a graph; its largest tensors are a few copies of the output.
-    eval_per_row = seq_len * (_layer_outputs_per_row(target) + 4 * output + gate_units)
+    eval_per_row = seq_len * (_layer_outputs_per_row(target) + 4 * output + ci_units)
     activations = max(rows * per_row * ACTIVATION_OVERHEAD, eval_rows * eval_per_row)
     runtime = CPU_RUNTIME_BYTES if device.type == "cpu" else 0
     return int(FLOAT_BYTES * (PARAMETER_COPIES * parameters + activations)) + runtime

@@ -20,6 +20,7 @@ from spd.persistence.run_dir import RunDirectory
 from spd.train import distributed
 from spd.train.cadence import Cadence
 from spd.train.evaluation import evaluate_step
+from spd.train.progress import progress_bar
 from spd.train.reporting import Reporter, Sink
 from spd.train.setup import set_up_training
 from spd.train.step import apply_schedules, train_metrics, train_step
@@ -35,13 +36,8 @@ class OptimizeResult:
 
 
 def _progress_bar(start_step: int, steps: int, show: bool) -> "tqdm[int]":
-    return tqdm(
-        range(start_step, steps + 1),
-        initial=start_step,
-        total=steps + 1,
-        disable=not show,
-        ncols=100,
-        desc="spd",
+    return progress_bar(
+        range(start_step, steps + 1), show, initial=start_step, total=steps + 1, desc="spd"
     )
 
 

@@ -36,7 +36,7 @@ class Training:
 def trainable_parameters(model: ComponentModel) -> list[nn.Parameter]:
     """U, V (untied ones) and the CI-function parameters."""
     params = [p for comp in model.components.values() for p in comp.parameters() if p.requires_grad]
-    return params + list(model.gates.parameters())
+    return params + list(model.ci_fns.parameters())
 
 
 def set_up_training(
@@ -77,5 +77,5 @@ def set_up_training(
         start_step = restore_training_state(
             data, resume_from, config, model, optimizer, alive, streams
         )
-    micro_step = MicroStep(config.compile, device)
+    micro_step = MicroStep(config, device)
     return Training(model, params, optimizer, alive, streams, start_step, micro_step)

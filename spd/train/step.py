@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from spd.config.schema import Config
-from spd.losses.terms import BatchLoss
+from spd.losses.batch import BatchLoss
+from spd.losses.terms.importance_minimality import importance_params
 from spd.train import distributed
 from spd.train.schedules import lr_at_step, pnorm_at_step
 from spd.train.setup import Training
@@ -20,7 +21,8 @@ from spd.train.setup import Training
 def apply_schedules(
     optimizer: torch.optim.Optimizer, config: Config, step: int
 ) -> tuple[float, float]:
-    """Set this step's learning rate on the optimiser; return it with this step's p."""
+    """Set this step's learning rate on the optimiser; return it with this step's p (the
+    importance_minimality term's schedule, which schatten follows unless given its own p)."""
     lr = lr_at_step(
         step,
         config.steps,
@@ -31,13 +33,9 @@ def apply_schedules(
     )
     for group in optimizer.param_groups:
         group["lr"] = lr
+    p = importance_params(config)
     pnorm = pnorm_at_step(
-        step,
-        config.steps,
-        config.pnorm,
-        config.p_anneal_final_p,
-        config.p_anneal_start_frac,
-        config.p_anneal_end_frac,
+        step, config.steps, p.pnorm, p.p_anneal_final_p, p.p_anneal_start_frac, p.p_anneal_end_frac
     )
     return lr, pnorm
 

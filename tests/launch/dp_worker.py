@@ -21,8 +21,9 @@ from spd.config.loading import config_from_dict
 from spd.config.schema import Config
 from spd.experiments.run_decomposition import run_decomposition
 from spd.loading.run_paths import REPO_ROOT
-from spd.losses import terms as losses
+from spd.losses import term as loss_term
 from spd.train import distributed
+from spd.train.data_shard import DataShard
 
 GLOBAL_BATCH = 64
 N_FEATURES = 5
@@ -49,10 +50,12 @@ def make_config(out_dir: Path, mode: str) -> Config:
             "out_dir": str(out_dir / "runs"),
             "C": 8,
             "target_module_patterns": ["linear1", "linear2"],
-            "faithfulness_coeff": 1.0,
-            "recon_coeff": 1.0,
-            "importance_minimality_coeff": 1e-2,
-            "stochastic_recon_coeff": 1.0 if mode == "stochastic" else None,
+            "losses": [
+                {"name": "faithfulness", "coeff": 1.0},
+                {"name": "recon", "coeff": 1.0},
+                {"name": "stochastic_recon", "coeff": 1.0 if mode == "stochastic" else None},
+                {"name": "importance_minimality", "coeff": 1e-2},
+            ],
             "lr": 1e-2,
             "steps": 4,
             "batch_size": GLOBAL_BATCH,
@@ -72,7 +75,7 @@ def main() -> None:
     out_dir, mode = Path(sys.argv[1]), sys.argv[2]
     torch.set_default_dtype(torch.float64)
     first_masks: list[dict[str, Tensor]] = []
-    draw_masks = losses.stochastic_masks
+    draw_masks = loss_term.stochastic_masks
 
     def recording_masks(ci: dict[str, Tensor]) -> dict[str, Tensor]:
         masks = draw_masks(ci)
@@ -80,10 +83,11 @@ def main() -> None:
             first_masks.append({name: m.detach().clone() for name, m in masks.items()})
         return masks
 
-    losses.stochastic_masks = recording_masks  # total_loss looks it up in the module at call time
+    # draw_stochastic_masks looks it up in its module at call time
+    loss_term.stochastic_masks = recording_masks
 
     def make_data(
-        config: Config, target: nn.Module, device: torch.device
+        config: Config, target: nn.Module, device: torch.device, shard: DataShard
     ) -> tuple[Iterator[Tensor], Iterator[Tensor]]:
         return global_batches(1, sliced=mode == "exact"), global_batches(2, sliced=mode == "exact")
 

@@ -1,29 +1,30 @@
 """The generated SLURM array script: its directives, and its task selection run by bash."""
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
-from spd.launch.slurm import ArrayJob, array_script, time_limit_minutes
+from spd.launch.slurm import JobSpec, job_script, time_limit_minutes
 
 
-def make_job(tmp_path: Path, **changes: object) -> ArrayJob:
-    fields: dict[str, object] = {
-        "job_name": "spd-nightly",
-        "commands": [["echo", "zero"], ["echo", "one two", "it's"], ["sh", "-c", "exit 3"]],
-        "time_minutes": 30,
-        "log_dir": tmp_path / "logs",
-        "workdir": tmp_path / "snapshot dir",
-        "pythonpath": tmp_path / "snapshot dir",
-        "n_agents": 2,
-        "gpus_per_task": 1,
-        "cpus_per_task": 1,
-    }
-    fields.update(changes)
-    return ArrayJob(**fields)  # type: ignore[arg-type]
+def make_job(tmp_path: Path, **changes: object) -> JobSpec:
+    job = JobSpec(
+        name="spd-nightly",
+        commands=[["echo", "zero"], ["echo", "one two", "it's"], ["sh", "-c", "exit 3"]],
+        time_minutes=30,
+        log_dir=tmp_path / "logs",
+        source_tree=tmp_path / "snapshot dir",
+        array=True,
+        max_running=2,
+        preemptible=True,
+        gpus_per_task=1,
+        cpus_per_task=1,
+    )
+    return dataclasses.replace(job, **changes)  # pyright: ignore[reportArgumentType]
 
 
 def test_directives(tmp_path: Path) -> None:
-    script = array_script(make_job(tmp_path))
+    script = job_script(make_job(tmp_path))
     directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
     assert directives == [
         "#SBATCH --job-name=spd-nightly",
@@ -43,10 +44,10 @@ def test_directives(tmp_path: Path) -> None:
 
 
 def test_cpu_and_data_parallel_resources(tmp_path: Path) -> None:
-    cpu = array_script(make_job(tmp_path, gpus_per_task=0, n_agents=None))
+    cpu = job_script(make_job(tmp_path, gpus_per_task=0, max_running=None))
     assert "--gres" not in cpu
     assert "#SBATCH --array=0-2\n" in cpu
-    dp = array_script(make_job(tmp_path, gpus_per_task=4, cpus_per_task=4))
+    dp = job_script(make_job(tmp_path, gpus_per_task=4, cpus_per_task=4))
     assert "#SBATCH --gres=gpu:4" in dp and "#SBATCH --cpus-per-task=4" in dp
 
 
@@ -59,9 +60,9 @@ def run_task(script: Path, task: int) -> subprocess.CompletedProcess[str]:
 
 def test_each_task_runs_its_own_command(tmp_path: Path) -> None:
     job = make_job(tmp_path)
-    job.workdir.mkdir()
+    job.source_tree.mkdir()
     script = tmp_path / "array.sh"
-    script.write_text(array_script(job))
+    script.write_text(job_script(job))
     first, second, failing, unknown = (run_task(script, i) for i in (0, 1, 2, 9))
     assert first.returncode == 0 and "zero" in first.stdout and "one two" not in first.stdout
     assert second.returncode == 0 and "one two it's" in second.stdout

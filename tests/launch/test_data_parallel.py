@@ -9,13 +9,19 @@ import pytest
 import torch
 from launch_helpers import spd_run, spd_run_env
 
-from spd.config.loading import load_config
+from spd.config.loading import config_from_dict, config_to_yaml, load_config
+from spd.config.task_registry import TASKS
 from spd.experiments.registry import get_experiment
-from spd.experiments.tms.tms_decomposition import make_data
+from spd.experiments.tms.task import make_data
 from spd.loading.targets import load_target_model
 from spd.persistence.run_dir import read_metrics
+from spd.train.data_shard import data_shard
+from tests.paths import REPO_ROOT
+from tests.task_builders import BATCH_SIZE, EVAL_BATCH_SIZE, TASK_CONFIGS
 
 WORKER = Path(__file__).with_name("dp_worker.py")
+SHARD_WORKER = Path(__file__).with_name("shard_worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 def run_worker(out_dir: Path, mode: str, ranks: int) -> list[dict]:
@@ -36,7 +42,7 @@ def run_worker(out_dir: Path, mode: str, ranks: int) -> list[dict]:
 
 def flat_state(saved: dict) -> dict[str, torch.Tensor]:
     state = saved["state"]
-    return {f"{part}.{k}": v for part in ("components", "gates") for k, v in state[part].items()}
+    return {f"{part}.{k}": v for part in ("components", "ci_fns") for k, v in state[part].items()}
 
 
 def only_run_dir(out_dir: Path) -> Path:
@@ -87,14 +93,14 @@ def test_tms_data_differs_per_rank_and_splits_the_batch(monkeypatch: pytest.Monk
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        train, evaluation = make_data(config, target, torch.device("cpu"))
+        train, evaluation = make_data(config, target, torch.device("cpu"), data_shard(config))
         batches[rank] = (next(train), next(evaluation))
     assert batches[0][0].shape == (32, 5) and batches[0][1].shape == (16, 5)
     assert not torch.equal(batches[0][0], batches[1][0])
     assert not torch.equal(batches[0][1], batches[1][1])
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
-    alone, _ = make_data(config, target, torch.device("cpu"))
+    alone, _ = make_data(config, target, torch.device("cpu"), data_shard(config))
     assert next(alone).shape == (64, 5)
 
 
@@ -121,3 +127,57 @@ def test_spd_run_local_dp_writes_one_run(spd_repo: Path, tmp_path: Path) -> None
         3,
     ]
     assert "torch.distributed.run" in (launch_dir / "launch.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def task_shards(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Each rank's first batches of every built-in task with a test config, from one torchrun
+    launch of two gloo ranks (shard_worker.py)."""
+    root = tmp_path_factory.mktemp("task_shards")
+    paths = []
+    for name, build in TASK_CONFIGS.items():
+        path = root / f"{name}.yaml"
+        path.write_text(config_to_yaml(config_from_dict(build(root))))
+        paths.append(str(path))
+    # The checkout under test first: its spd, and the generic task's data source in tests/.
+    env = {k: v for k, v in os.environ.items() if k != "SPD_OUT_DIR"} | {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [*TORCHRUN, str(SHARD_WORKER), str(root), *paths],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(root / f"rank{r}.pt") for r in (0, 1)]
+
+
+def _rows(batch: torch.Tensor) -> set[tuple[float, ...]]:
+    return {tuple(row.flatten().tolist()) for row in batch}
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_each_task_gives_two_gloo_ranks_different_halves_of_the_batch(
+    name: str, task_shards: list[dict]
+) -> None:
+    assert name in TASK_CONFIGS, f"add a small config of task '{name}' to tests/task_builders.py"
+    rank0, rank1 = (shards[name] for shards in task_shards)
+    assert rank0["microbatch_size"] == BATCH_SIZE and rank0["eval_batch_size"] == EVAL_BATCH_SIZE
+    for rank, drawn in enumerate((rank0, rank1)):
+        assert drawn["shard"]["rank"] == rank and drawn["shard"]["world_size"] == 2
+        # Each rank's share adds up, over the process group, to the configured global batches.
+        assert [b.shape[0] for b in drawn["train"]] == [BATCH_SIZE // 2] * 2
+        assert drawn["eval"].shape[0] == EVAL_BATCH_SIZE // 2
+        assert drawn["global_rows"] == [BATCH_SIZE, EVAL_BATCH_SIZE]
+    assert rank0["shard"]["seed"] != rank1["shard"]["seed"]
+    # The ranks see different examples: no row of one rank's batches is a row of the other's
+    # (an all-zero feature vector may occur anywhere, so it does not count).
+    for key in ("train", "eval"):
+        batches0 = rank0[key] if key == "train" else [rank0[key]]
+        batches1 = rank1[key] if key == "train" else [rank1[key]]
+        rows0 = set().union(*map(_rows, batches0)) - {(0.0,) * batches0[0][0].numel()}
+        rows1 = set().union(*map(_rows, batches1)) - {(0.0,) * batches1[0][0].numel()}
+        assert rows0 and rows1 and not rows0 & rows1, key

@@ -36,7 +36,7 @@ def test_report_compares_the_runs_with_their_swept_values(tmp_path: Path) -> Non
     write_manifest(launch_dir, {"launch_id": "L1", "report_title": None, "runs": runs})
 
     page = parse(build_report(launch_dir, title="Nightly <TMS>"))
-    assert page.sections == ["runs", "metrics", "config", "figures"]
+    assert page.sections == ["runs", "curves", "metrics", "config", "figures"]
     overview = [
         row for row in page.rows if row and ("tms_5-2-lr" in row[0] or row[0] == "never-ran")
     ]

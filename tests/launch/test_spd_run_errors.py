@@ -38,7 +38,11 @@ BAD_VALUE_SWEEP = "global:\n  lr: {values: [0.01, -1]}\n"
         (["--dp", "99"], None, r"--dp 99 asks for more GPUs than a node has \(8"),
         (["--dp", "99", "--local"], None, "--dp 99 needs 99 GPUs but this machine has"),
         (["--dp", "99", "--local", "--cpu"], None, "--dp 99 --cpu needs 99 processes"),
-        (["--dp", "3", "--cpu"], None, "microbatch of 32 does not split evenly over --dp 3"),
+        (
+            ["--dp", "3", "--cpu"],
+            None,
+            "micro-batch of 32 does not split evenly over 3 data-parallel ranks",
+        ),
         (["--cpu", "--override", "device=cuda:0"], None, "--cpu conflicts with device=cuda:0"),
         (["--override", "lr"], None, "--override 'lr' must look like key.path=value"),
         (["--job-suffix", "a/b"], None, "--job-suffix 'a/b' may only use letters"),

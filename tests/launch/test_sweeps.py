@@ -79,7 +79,7 @@ def test_run_labels_name_the_overridden_values() -> None:
         run_label({"task_config.feature_probability": 1e-05})
         == "task_config.feature_probability=1e-05"
     )
-    assert run_label({"gate_hidden_dims": [16, 32]}) == "gate_hidden_dims=16,32"
+    assert run_label({"ci_fn_hidden_dims": [16, 32]}) == "ci_fn_hidden_dims=16,32"
     assert run_label({"out_dir": "a/b c"}) == "out_dir=a_b_c"
     assert run_label({}) == ""
     assert unique_names(["a", "a", "a-2"]) == ["a", "a-2", "a-2-2"]

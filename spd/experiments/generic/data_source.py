@@ -12,7 +12,6 @@ Resuming a run replays the batches drawn so far, so a source should give the sam
 the same seed.
 """
 
-import importlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from spd.errors import SPDUserError
+from spd.loading.user_modules import import_user_module
 
 DataSource = Callable[..., object]  # checked when called: it must return an iterable of tensors
 
@@ -33,12 +33,7 @@ def import_data_source(path: str) -> DataSource:
     where = f"task_config.data_source '{path}'"
     if not module_name or not name:
         raise SPDUserError(f"{where} must be an import path like 'mypkg.data:make_batches'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SPDUserError(
-            f"{where}: cannot import module '{module_name}' ({err}); is it on PYTHONPATH?"
-        ) from None
+    module = import_user_module(module_name, where, "; is it on PYTHONPATH?")
     source = getattr(module, name, None)
     if source is None:
         raise SPDUserError(f"{where}: module '{module_name}' has no attribute '{name}'")

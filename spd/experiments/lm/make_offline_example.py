@@ -5,8 +5,11 @@
 1. Writes a corpus of generated stories (`story_corpus.py`, seeded) as data/train.jsonl and
    data/test.jsonl (column "story").
 2. Trains a byte-level BPE tokenizer on the training stories with `tokenizers`.
-3. Trains a Llama of the SimpleStories-1.25M shape family (vocabulary 4096, width 128, 4 layers,
-   tied embeddings, about 1.2M parameters) on 512-token sequences for a few minutes on CPU.
+   The generated stories use few words, so BPE runs out of merges at 1 113 tokens, below the
+   4 096 it may use.
+3. Trains a Llama of the SimpleStories-1.25M shape family (width 128, 4 layers, tied embeddings)
+   whose vocabulary is exactly the tokenizer's (1 113 rows: every embedding row is a token the
+   data can hold; about 0.8M parameters) on 512-token sequences for a few minutes on CPU.
 4. Saves model and tokenizer (model/) and the corpus (data/) under DIR, default
    <output root>/lm_offline_example, plus example_info.json with the losses.
 
@@ -26,9 +29,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from spd.config.schema import LMTaskConfig
+from spd.config.option_types import positive_int
 from spd.data.lm_data import lm_batches
 from spd.errors import SPDUserError, run_cli
+from spd.experiments.lm.config import LMTaskConfig
 from spd.experiments.lm.sources import default_example_dir
 from spd.experiments.lm.story_corpus import story_corpus
 from spd.train.schedules import lr_at_step
@@ -44,7 +48,7 @@ class ExampleSpec:
 
     n_train_stories: int = 20_000
     n_test_stories: int = 1_000
-    vocab_size: int = 4096
+    vocab_size: int = 4096  # the tokenizer's upper bound; the model gets the tokenizer's size
     hidden_size: int = 128
     intermediate_size: int = 256
     n_layers: int = 4
@@ -101,11 +105,12 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS)
 
 
-def build_llama(spec: ExampleSpec, eos_id: int) -> LlamaForCausalLM:
-    """An untrained Llama of the example's shape (seeded)."""
+def build_llama(spec: ExampleSpec, eos_id: int, vocab_size: int) -> LlamaForCausalLM:
+    """An untrained Llama of the example's shape (seeded) with `vocab_size` embedding rows (the
+    tokenizer's size, so that no row is a token that cannot occur)."""
     torch.manual_seed(spec.seed)
     config = LlamaConfig(
-        vocab_size=spec.vocab_size,
+        vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.n_layers,
@@ -145,7 +150,7 @@ def build_example(out_dir: Path, spec: ExampleSpec, log: bool = True) -> Example
     tokenizer = train_tokenizer(train_texts, spec.vocab_size)
     eos_id = tokenizer.eos_token_id
     assert isinstance(eos_id, int)
-    model = build_llama(spec, eos_id)
+    model = build_llama(spec, eos_id, len(tokenizer))
     task = LMTaskConfig(
         dataset_name=str(partial / "data"),
         text_column=TEXT_COLUMN,
@@ -187,9 +192,7 @@ def build_example(out_dir: Path, spec: ExampleSpec, log: bool = True) -> Example
         tokenizer_vocab_size=len(tokenizer),
         final_train_loss=loss_value,
         eval_ce=eval_ce,
-        eval_ce_unigram=unigram_ce(
-            torch.cat(seen_tokens), torch.cat(eval_batches), spec.vocab_size
-        ),
+        eval_ce_unigram=unigram_ce(torch.cat(seen_tokens), torch.cat(eval_batches), len(tokenizer)),
         train_seconds=train_seconds,
     )
     model.save_pretrained(partial / "model")
@@ -211,7 +214,7 @@ def main() -> None:
         help="output directory (default: <output root>/lm_offline_example)",
     )
     parser.add_argument(
-        "--steps", type=int, default=ExampleSpec.steps, help="training steps of the Llama"
+        "--steps", type=positive_int, default=ExampleSpec.steps, help="training steps of the Llama"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing example")
     args = parser.parse_args()

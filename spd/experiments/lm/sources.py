@@ -11,9 +11,9 @@ before anything is loaded.
 
 from pathlib import Path
 
-from spd.config.schema import Config, LMTaskConfig
-from spd.data.lm_data import FILE_FORMAT_BUILDERS
+from spd.config.schema import Config
 from spd.errors import SPDUserError
+from spd.experiments.lm.config import LMTaskConfig
 from spd.loading.hf_hub import HubResource, ResourceKind, require_hub_resources
 from spd.loading.run_paths import REPO_ROOT
 from spd.persistence.run_dir import output_root
@@ -76,6 +76,10 @@ def resolve_sources(config: Config) -> Config:
     Raises one `SPDUserError` for the offline example not yet built, or for every hub id that
     cannot be fetched here.
     """
+    # Here, not at the top: `lm_data` imports `datasets`, and every config validation imports
+    # this module (through the task).
+    from spd.data.lm_data import FILE_FORMAT_BUILDERS
+
     task = config.task_config
     if not isinstance(task, LMTaskConfig):
         raise SPDUserError(

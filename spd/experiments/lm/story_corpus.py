@@ -176,23 +176,3 @@ def story_corpus(n_stories: int, seed: int) -> list[str]:
     """`n_stories` stories from a generator seeded with `seed` (same arguments, same texts)."""
     rng = random.Random(seed)
     return [story(rng) for _ in range(n_stories)]
-
-
-def vocabulary_size() -> int:
-    """Number of distinct content words the generator can use (function words not counted)."""
-    words = {
-        *GIRLS,
-        *BOYS,
-        *ANIMALS,
-        *OBJECTS,
-        *PLACES,
-        *ADJECTIVES,
-        *FEELINGS,
-        *MOVES,
-        *SOUNDS,
-        *WEATHER,
-    }
-    for base, past in ACTIONS:
-        words.update(base.split())
-        words.update(past.split())
-    return len(words)

@@ -20,8 +20,10 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor, nn
 
 from spd.config.schema import StrictModel
+from spd.experiments.train_hints import train_hint
 from spd.loading.original_targets import OriginalTarget, find_original_target
 from spd.loading.targets import read_train_config
+from spd.loading.weights_only import load_weights_only
 from spd.models.low_rank_stream import LowRankStream, read_stream, write_stream
 from spd.persistence.atomic_files import atomic_torch_save, atomic_write_text
 
@@ -78,7 +80,13 @@ class ResidMLP(nn.Module):
     # (spd.losses.row_selection).
     independent_rows = True
 
-    TRAIN_HINT = "train it with: python spd/experiments/resid_mlp/train_resid_mlp.py --experiment resid_mlpN (N = 1, 2, 3)"
+    @classmethod
+    def train_hint(cls, missing: str) -> str:
+        """How to train the missing target `missing` (a shipped recipe's name, or the user's own)."""
+        here = Path(__file__).parent
+        return train_hint(
+            here / "train_resid_mlp.py", here / "train_configs", here / "targets", missing
+        )
 
     W_E: Tensor
     W_U: Tensor
@@ -133,14 +141,14 @@ class ResidMLP(nn.Module):
             return cls._from_original(original)
         train_config = read_train_config(directory)
         model = cls(ResidMLPModelConfig.model_validate(train_config["model"]))
-        state = torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
+        state = load_weights_only(directory / "model.pth", "target weights")
         model.load_state_dict(state)
         return model
 
     @classmethod
     def _from_original(cls, target: OriginalTarget) -> "ResidMLP":
         block = target.model_block()
-        state = torch.load(target.weights, map_location="cpu", weights_only=True)
+        state = load_weights_only(target.weights, "target weights")
         model = cls(
             ResidMLPModelConfig(
                 n_features=block["n_features"],

@@ -15,6 +15,7 @@ losses) and `label_coeffs.json`.
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -23,13 +24,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor
-from tqdm import tqdm
 
 from spd.config.schema import Probability, StrictModel
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import OneLineArgumentParser, run_cli
 from spd.experiments.resid_mlp.labels import residual_relu_labels, save_label_coeffs
 from spd.experiments.resid_mlp.models import ResidMLP, ResidMLPModelConfig
+from spd.experiments.target_memory import check_target_memory
 from spd.experiments.train_configs import (
     add_arguments,
     load_train_config,
@@ -37,6 +38,7 @@ from spd.experiments.train_configs import (
     selected_jobs,
     shipped_configs,
 )
+from spd.train.progress import progress_bar
 from spd.train.schedules import lr_at_step
 
 TARGETS_DIR = Path(__file__).parent / "targets"
@@ -131,9 +133,7 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    progress = tqdm(
-        range(config.steps), disable=not show_progress, ncols=100, desc="train resid_mlp"
-    )
+    progress = progress_bar(range(config.steps), show_progress, desc="train resid_mlp")
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at_step(step, config.steps, config.lr, "cosine")
@@ -161,6 +161,7 @@ def main() -> None:
             overrides[key] = value
     for name, path, out in selected_jobs(args, shipped_configs(TRAIN_CONFIGS_DIR), TARGETS_DIR):
         config = load_train_config(ResidMLPTrainConfig, path, overrides)
+        check_target_memory(partial(ResidMLP, config.model), config.batch_size, name)
         coeffs = config.coeffs()
         model = train(config, coeffs, show_progress=not args.no_progress)
         losses = eval_losses(model, config, coeffs)

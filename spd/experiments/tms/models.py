@@ -11,8 +11,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from spd.config.schema import StrictModel
+from spd.experiments.train_hints import train_hint
 from spd.loading.original_targets import OriginalTarget, find_original_target
 from spd.loading.targets import read_train_config
+from spd.loading.weights_only import load_weights_only
 
 
 class TMSModelConfig(StrictModel):
@@ -54,7 +56,11 @@ class TMSModel(nn.Module):
     # (spd.losses.row_selection).
     independent_rows = True
 
-    TRAIN_HINT = "train it with: python spd/experiments/tms/train_tms.py --experiment tms_5-2"
+    @classmethod
+    def train_hint(cls, missing: str) -> str:
+        """How to train the missing target `missing` (a shipped recipe's name, or the user's own)."""
+        here = Path(__file__).parent
+        return train_hint(here / "train_tms.py", here / "train_configs", here / "targets", missing)
 
     def __init__(self, config: TMSModelConfig) -> None:
         super().__init__()
@@ -104,9 +110,7 @@ class TMSModel(nn.Module):
             return cls._from_original(original)
         train_config = read_train_config(directory)
         model = cls(TMSModelConfig.model_validate(train_config["model"]))
-        model.load_state_dict(
-            torch.load(directory / "model.pth", map_location="cpu", weights_only=True)
-        )
+        model.load_state_dict(load_weights_only(directory / "model.pth", "target weights"))
         return model
 
     @classmethod
@@ -119,7 +123,7 @@ class TMSModel(nn.Module):
                 n_hidden_layers=block.get("n_hidden_layers", 0),
             )
         )
-        state = torch.load(target.weights, map_location="cpu", weights_only=True)
+        state = load_weights_only(target.weights, "target weights")
         # A tied target's linear2 weight is linear1's transpose whether or not it was stored.
         if "linear2.weight" not in state and "linear1.weight" in state:
             state["linear2.weight"] = state["linear1.weight"].T.contiguous()

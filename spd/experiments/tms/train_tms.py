@@ -16,16 +16,17 @@ The target directory gets `model.pth` and `train_config.yaml`; point a decomposi
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
-from tqdm import tqdm
 
 from spd.config.schema import Probability, StrictModel
 from spd.data.sparse_features import SparseFeatureData
 from spd.errors import OneLineArgumentParser, SPDUserError, run_cli
+from spd.experiments.target_memory import check_target_memory
 from spd.experiments.tms.models import TMSModel, TMSModelConfig
 from spd.experiments.train_configs import (
     add_arguments,
@@ -34,6 +35,7 @@ from spd.experiments.train_configs import (
     selected_jobs,
     shipped_configs,
 )
+from spd.train.progress import progress_bar
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 TRAIN_CONFIGS_DIR = Path(__file__).parent / "train_configs"
@@ -90,7 +92,7 @@ def train(config: TMSTrainConfig, show_progress: bool = True) -> TMSModel:
     data = SparseFeatureData(config.model.n_features, config.feature_probability, seed=config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    for _ in tqdm(range(config.steps), disable=not show_progress, ncols=100, desc="train tms"):
+    for _ in progress_bar(range(config.steps), show_progress, desc="train tms"):
         x = data.sample(config.batch_size)
         loss = torch.nn.functional.mse_loss(model(x), x)
         optimizer.zero_grad(set_to_none=True)
@@ -148,6 +150,7 @@ def main() -> None:
     failed: list[str] = []
     for name, path, out in selected_jobs(args, shipped_configs(TRAIN_CONFIGS_DIR), TARGETS_DIR):
         config = load_train_config(TMSTrainConfig, path, overrides)
+        check_target_memory(partial(TMSModel, config.model), config.batch_size, name)
         if not train_until_alive(name, config, out, show_progress=not args.no_progress):
             failed.append(name)
     if failed:

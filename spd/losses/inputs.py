@@ -1,0 +1,52 @@
+"""`LossInputs`: what every loss term reads, and how one micro-batch becomes them."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spd.config.schema import Config, OutputLossType
+from spd.losses.row_selection import RowSelection, check_independent_rows, select_rows
+from spd.models.component_model import ComponentModel
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What every loss term may read: the model, the (row-selected) batch and this step's CI.
+
+    A term's own settings are its parameter block, not fields here; what a future term needs
+    from the step (a router's draw, a persistent mask source) is computed by the term from these
+    (CLAUDE.md, 'Adding a loss term').
+    """
+
+    model: ComponentModel
+    batch: Tensor
+    target_out: Tensor
+    # The inputs of the decomposed layers that the target did not pass as a `LowRankStream`
+    # (those are never formed densely in a step; `ci` covers every layer). Embeddings are never
+    # streamed, so `embedding_recon` finds its token ids here.
+    pre_acts: Mapping[str, Tensor]
+    ci: Mapping[str, Tensor]
+    ci_upper: Mapping[str, Tensor]
+    output_loss_type: OutputLossType
+    # importance_minimality's p at this step (its schedule, `spd.train.schedules.pnorm_at_step`).
+    pnorm: float
+    rows: RowSelection | None
+
+
+def loss_inputs(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> LossInputs:
+    """Target pass (no gradient), the CPU row selection (`spd.losses.row_selection`) and the
+    causal importances of the kept rows. Call inside `shared_products()` with the loss."""
+    with torch.no_grad():
+        target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
+    rows = select_rows(model, pre_acts, streams)
+    if rows is not None:
+        check_independent_rows(model, batch, target_out, rows)
+        batch, target_out = rows.take(batch), rows.take(target_out)
+        pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
+        streams = {name: s.take_rows(rows.index) for name, s in streams.items()}
+    ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type, streams=streams)
+    return LossInputs(
+        model, batch, target_out, pre_acts, ci, ci_upper, config.output_loss_type, pnorm, rows
+    )

@@ -1,0 +1,79 @@
+"""`LossTerm`: what a loss-term module declares, and `register_loss_term`, which lists it.
+
+A term module (`spd/losses/terms/<name>.py`) defines its parameter block and its compute
+function and registers one `LossTerm`; `spd.config.loss_registry.LOSS_TERMS` names the module
+(the term's place in that tuple is its place in the sum). The seam the later terms use (routers,
+adversarial mask sources, per-term state) is described in CLAUDE.md, 'Adding a loss term'.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import Field, PositiveInt
+from torch import Tensor
+
+from spd.config.loss_registry import LOSS_TERMS
+from spd.config.schema import StrictModel
+from spd.losses.inputs import LossInputs
+from spd.losses.masks import stochastic_masks
+
+
+class NoParams(StrictModel):
+    """The parameter block of a term without parameters (`params:` must be empty)."""
+
+
+class SampledParams(StrictModel):
+    """The parameters every term with a mask source has: how many masks it draws per step."""
+
+    n_mask_samples: PositiveInt = Field(
+        default=1, description="Mask draws per step; the term is the mean over them"
+    )
+
+
+ParamsT = TypeVar("ParamsT", bound=StrictModel)
+Masks = Mapping[str, Tensor]
+# A term's masks for one sample: the module names it masks -> their masks.
+MaskSource = Callable[[LossInputs, ParamsT], dict[str, Tensor]]
+
+
+def draw_stochastic_masks(inputs: LossInputs, params: StrictModel) -> dict[str, Tensor]:
+    """The method's stochastic masks of every decomposed module, from this step's CI."""
+    return stochastic_masks(inputs.ci)
+
+
+@dataclass(frozen=True)
+class LossTerm(Generic[ParamsT]):
+    """One term of the loss: its name (the `losses:` entry and the `train/loss/<name>` metric),
+    its parameter block, how it is computed, and how it treats masks and a row selection.
+
+    `compute(inputs, params, masks)` returns the term's scalar. A term with a `masks` source is
+    computed once per sample (its params' `n_mask_samples`, a `SampledParams`) with masks of its
+    own, drawn in the order of `LOSS_TERMS`, and averaged; the others get empty masks.
+    `row_mean` terms are means over batch rows: with a row selection they are scaled by the
+    kept share (the rows left out add zero).
+    """
+
+    name: str
+    params: type[ParamsT]
+    compute: Callable[[LossInputs, ParamsT, Masks], Tensor]
+    masks: MaskSource[ParamsT] | None = None
+    row_mean: bool = False
+
+    @property
+    def module(self) -> str:
+        """The module that defines the term (where its compute function lives)."""
+        return self.compute.__module__
+
+    def n_samples(self, params: ParamsT) -> int:
+        """How many times the term is computed in a step: its mask draws, or once."""
+        if self.masks is None:
+            return 1
+        assert isinstance(params, SampledParams), f"{self.name}: a mask source needs SampledParams"
+        return params.n_mask_samples
+
+
+def register_loss_term(term: LossTerm[ParamsT]) -> LossTerm[ParamsT]:
+    """Add `term` to `LOSS_TERMS` (a built-in's module must also be in its tuple)."""
+    LOSS_TERMS.register(term.name, term)
+    return term
