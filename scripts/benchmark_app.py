@@ -24,7 +24,7 @@ from spd.analysis.accumulators import AccumulatorSettings, AnalysisAccumulator
 from spd.app.attribution import attribution_graph, ci_masks, masked_output
 from spd.app.intervention import token_intervention
 from spd.data.lm_data import load_tokenizer
-from spd.experiments.lm.lm_decomposition import prepare_target
+from spd.experiments.lm.task import prepare_target
 from spd.experiments.lm.make_offline_example import TEXT_COLUMN
 from spd.models.component_model import ComponentModel
 

@@ -35,7 +35,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     distributed.setup(cpu)
     rank = distributed.rank_info()
-    tracker = AliveTracker(["a", "b"], C=3, threshold=0.5, n_examples=10, device=cpu)
+    tracker = AliveTracker({"a": 3, "b": 3}, threshold=0.5, n_examples=10, device=cpu)
     history = []
     for ci in ci_batches(rank.rank):
         tracker.update(ci)

@@ -10,9 +10,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spd.config.device import resolve_device
 from spd.config.loading import load_config
 from spd.config.schema import Config
+from spd.experiments.tms.task import make_data
+from spd.loading.targets import load_target_model
 from spd.persistence.checkpoints import read_checkpoint
+from spd.persistence.run_dir import RunDirectory
+from spd.train.data_shard import data_shard
+from spd.train.optimize import OptimizeResult, optimize
 
 REPO = Path(__file__).resolve().parent.parent
 TMS_SCRIPT = REPO / "spd" / "experiments" / "tms" / "tms_decomposition.py"
@@ -79,3 +85,33 @@ def assert_bitwise_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def run(
+    config: Config,
+    run_dir: RunDirectory,
+    stop_after: int | None = None,
+    resume_from: Path | None = None,
+) -> OptimizeResult:
+    """`optimize()` on fresh target and data objects, optionally stopping after step `stop_after`."""
+    device = resolve_device(config.device)
+    target = load_target_model(config)
+    train, evaluation = make_data(config, target, device, data_shard(config))
+    last_step = -1
+
+    def on_step_end(step: int) -> None:
+        nonlocal last_step
+        last_step = step
+
+    return optimize(
+        target,
+        config,
+        device,
+        train,
+        evaluation,
+        run_dir=run_dir,
+        show_progress=False,
+        on_step_end=on_step_end,
+        resume_from=resume_from,
+        should_stop=lambda: stop_after is not None and last_step >= stop_after,
+    )

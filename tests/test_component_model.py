@@ -99,9 +99,10 @@ def test_unknown_mask_name_is_rejected() -> None:
     assert model.decomposed["fc1"].mode == "original"
 
 
-def test_causal_importances_feed_inner_acts_to_mlp_ci_fns() -> None:
+@pytest.mark.parametrize("C", [3, {"fc1": 3, "fc2": 5}], ids=["one-C", "per-module-C"])
+def test_causal_importances_feed_inner_acts_to_mlp_ci_fns(C: int | dict[str, int]) -> None:
     model = ComponentModel(
-        TwoLinear(), ["fc1", "fc2"], C=3, ci_fn_type="mlp", ci_fn_hidden_dims=[4]
+        TwoLinear(), ["fc1", "fc2"], C=C, ci_fn_type="mlp", ci_fn_hidden_dims=[4]
     )
     model.init_components_from_target(seed=0)
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
@@ -111,7 +112,7 @@ def test_causal_importances_feed_inner_acts_to_mlp_ci_fns() -> None:
         raw = model.ci_fn(name)(pre_acts[name] @ model.components[name].V)
         torch.testing.assert_close(ci[name], lower_leaky_hard_sigmoid(raw))
         torch.testing.assert_close(ci_upper[name], upper_leaky_hard_sigmoid(raw))
-        assert ci[name].shape == (6, 3)
+        assert ci[name].shape == (6, C if isinstance(C, int) else C[name])
         assert bool(((ci[name] >= 0) & (ci[name] <= 1)).all())
 
 

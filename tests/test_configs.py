@@ -263,7 +263,7 @@ def test_spd_config_fields_lists_every_key_with_its_type_default_and_meaning(
     headers = [line for line in listing.splitlines() if not line.startswith(" ")]
     assert [h.split(":")[0] for h in headers] == list(Config.model_fields)
     assert 'compile: "auto" | "on" | "off" = "auto"' in headers
-    assert "C: int (required)" in headers
+    assert "C: int | list[ModuleC] (required)" in headers
     assert 'metrics: list[MetricSpec] = [{"name": "ci_l0", "params": {}}]' in headers
     # The defaults print as JSON, which a YAML file takes as written.
     assert "save_freq: int | null = null" in headers

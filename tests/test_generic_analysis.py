@@ -54,7 +54,7 @@ def test_a_generic_run_is_analysed_and_served(generic_run: Path) -> None:
         {"n_inputs": 4, "p": 0.3},
         torch.device("cpu"),
     )
-    fires = {name: torch.zeros(config.C, dtype=torch.long) for name in model.module_names}
+    fires = {name: torch.zeros(C, dtype=torch.long) for name, C in model.module_C.items()}
     for _ in range(N_EXAMPLES // BATCH):
         for name, ci in ci_masks(model, next(batches), config.sigmoid_type).items():
             fires[name] += (ci > config.ci_alive_threshold).sum(0)

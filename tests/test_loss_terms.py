@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel
 from torch import Tensor
 
+from spd.config.flat_loss_keys import FLAT_COEFF_DEFAULTS
 from spd.config.loading import config_from_dict, load_config
 from spd.config.loss_registry import LOSS_TERMS, LossTermRegistry
 from spd.config.schema import Config, StrictModel
@@ -40,6 +41,15 @@ PARAM_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {
     "importance_minimality": ({"pnorm": 1.0}, {"pnorm": 0.5}),
     "schatten": ({}, {"pnorm": 3.0}),
     "out_recon": None,
+    "hidden_act_recon": ({"n_mask_samples": 1}, {"n_mask_samples": 3}),
+    "stochastic_recon_subset": (
+        {"router": {"type": "all"}},
+        {"router": {"type": "static_probability", "p": 0.5}},
+    ),
+    "ci_masked_recon_subset": (
+        {"router": {"type": "all"}},
+        {"router": {"type": "uniform_k_subset"}},
+    ),
 }
 
 
@@ -138,7 +148,10 @@ def _tms_data(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("losses", "message"),
     [
-        ([_entry("recon_typo")], "unknown loss term 'recon_typo'; available: embedding_recon, "),
+        (
+            [_entry("recon_typo")],
+            "unknown loss term 'recon_typo'; available: ci_masked_recon_subset, embedding_recon, ",
+        ),
         ([_entry("recon"), _entry("recon")], "loss term 'recon' is listed twice"),
         (
             [_entry("importance_minimality", {"pnrom": 2})],
@@ -226,7 +239,8 @@ FLAT_CASES: list[tuple[dict[str, Any], list[dict[str, Any]], str]] = [
             ],
             f"-> losses: [{{name: {name}, coeff: 0.5}}]",
         )
-        for name in LOSS_TERMS.names()
+        # The flat keys are a closed set: terms added since exist only in losses:.
+        for name in FLAT_COEFF_DEFAULTS
     ],
     (
         {"faithfulness_coeff": None},

@@ -8,21 +8,17 @@ import pytest
 import torch
 from torch import Tensor
 
-from spd.config.device import resolve_device
 from spd.config.schema import Config
 from spd.data import sparse_features
 from spd.data.sparse_features import SparseFeatureData
 from spd.data.stream_state import TrackedStream
 from spd.errors import SPDUserError
-from spd.experiments.tms.task import make_data
 from spd.loading.targets import load_target_model
 from spd.models.component_model import ComponentModel, build_component_model
 from spd.persistence.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
 from spd.persistence.rng_state import capture_rng_state, restore_rng_state
 from spd.persistence.run_dir import RunDirectory, read_metrics
-from spd.train.data_shard import data_shard
-from spd.train.optimize import OptimizeResult, optimize
-from tests.resumable_runs import assert_bitwise_equal, decomposition_tensors, tiny_config
+from tests.resumable_runs import assert_bitwise_equal, decomposition_tensors, run, tiny_config
 
 # Exercises everything that depends on the step or on random state: warm-up and cosine
 # schedule over the total steps, p annealing, stochastic masks, gradient accumulation,
@@ -38,36 +34,6 @@ EXACT = {
     "save_freq": 30,
     "keep_last_checkpoints": 2,
 }
-
-
-def run(
-    config: Config,
-    run_dir: RunDirectory,
-    stop_after: int | None = None,
-    resume_from: Path | None = None,
-) -> OptimizeResult:
-    """`optimize()` on fresh target and data objects, optionally stopping after step `stop_after`."""
-    device = resolve_device(config.device)
-    target = load_target_model(config)
-    train, evaluation = make_data(config, target, device, data_shard(config))
-    last_step = -1
-
-    def on_step_end(step: int) -> None:
-        nonlocal last_step
-        last_step = step
-
-    return optimize(
-        target,
-        config,
-        device,
-        train,
-        evaluation,
-        run_dir=run_dir,
-        show_progress=False,
-        on_step_end=on_step_end,
-        resume_from=resume_from,
-        should_stop=lambda: stop_after is not None and last_step >= stop_after,
-    )
 
 
 def exact(device: torch.device, **changes: object) -> Config:
@@ -121,6 +87,28 @@ def test_stop_and_resume_is_bitwise_identical(
     assert kept == ["model_00000180.pth", "model_00000200.pth"]
 
 
+def test_resume_after_a_faithfulness_warmup_is_bitwise_identical(
+    tmp_path: Path, device: torch.device
+) -> None:
+    # The warm-up runs once, before step 0: a resumed run that warmed up again would move the
+    # checkpoint's factors and differ from the straight run.
+    config = exact(device, steps=60, save_freq=20, faithfulness_warmup_steps=5)
+    straight_dir = RunDirectory.create(tmp_path, "straight-warmup")
+    run(config, straight_dir)
+    run_dir = RunDirectory.create(tmp_path, "resumed-warmup")
+    assert run(config, run_dir, stop_after=29).stopped_at == 30
+    run(config, run_dir, resume_from=checkpoint_path(run_dir, 30))
+    assert_bitwise_equal(
+        decomposition_tensors(checkpoint_path(run_dir, 60)),
+        decomposition_tensors(checkpoint_path(straight_dir, 60)),
+    )
+    assert read_metrics(run_dir.path) == read_metrics(straight_dir.path)
+    # And the warm-up did change the run.
+    plain_dir = RunDirectory.create(tmp_path, "plain")
+    run(exact(device, steps=60, save_freq=20), plain_dir)
+    assert read_metrics(plain_dir.path) != read_metrics(straight_dir.path)
+
+
 def test_resume_may_extend_steps(tmp_path: Path, device: torch.device) -> None:
     run_dir = RunDirectory.create(tmp_path, "extend")
     run(exact(device), run_dir, stop_after=49)
@@ -130,6 +118,32 @@ def test_resume_may_extend_steps(tmp_path: Path, device: torch.device) -> None:
     steps = [row["step"] for row in read_metrics(run_dir.path)]
     assert steps == sorted(steps) and steps[-1] == 260
     assert checkpoint_path(run_dir, 260).exists()
+
+
+def test_resume_with_delta_and_a_routed_term_is_bitwise_identical(
+    tmp_path: Path, device: torch.device
+) -> None:
+    # The delta masks and the routers draw from the same RNG streams that a checkpoint restores.
+    config = tiny_config(
+        device=str(device),
+        steps=40,
+        save_freq=10,
+        use_delta_component=True,
+        sampling="binomial",
+        **{"losses.stochastic_recon_subset.coeff": 1.0},
+    )
+    straight = RunDirectory.create(tmp_path, "straight")
+    run(config, straight)
+    run_dir = RunDirectory.create(tmp_path, "resumed")
+    assert run(config, run_dir, stop_after=19).stopped_at == 20
+    run(config, run_dir, resume_from=latest_checkpoint(run_dir.path))
+    assert_bitwise_equal(
+        decomposition_tensors(checkpoint_path(run_dir, 40)),
+        decomposition_tensors(checkpoint_path(straight, 40)),
+    )
+    rows = read_metrics(straight.path)
+    assert read_metrics(run_dir.path) == rows
+    assert any("train/loss/stochastic_recon_subset" in row for row in rows)
 
 
 @pytest.mark.parametrize(

@@ -72,9 +72,7 @@ def analyze_run(run_dir: Path, options: PassOptions) -> Path:
     batch_size = options.batch_size or config.eval_batch_size
     source = pass_source(model, config, options.split, batch_size, device)
     settings = _accumulator_settings(options, config.ci_alive_threshold, source.kind)
-    acc = AnalysisAccumulator(
-        {name: model.C for name in model.module_names}, len(source.vocab), settings, device
-    )
+    acc = AnalysisAccumulator(model.module_C, len(source.vocab), settings, device)
     out_dir = run_dir / ANALYSIS_DIR
     out_dir.mkdir(exist_ok=True)
     state_path = out_dir / STATE_FILE

@@ -181,7 +181,8 @@ def attribution_graph(
         :max_targets
     ]
     for t in targets:
-        flat_inner = inner[names[nodes[t].layer]].reshape(-1, model.C)
+        name = names[nodes[t].layer]
+        flat_inner = inner[name].reshape(-1, model.module_C[name])
         graph.edges += _edges_into(
             t, flat_inner[nodes[t].position, nodes[t].index], nodes, names, masks
         )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from spd.config.bounded_yaml import MAX_YAML_BYTES, BoundedSafeLoader, load_bounded
 from spd.config.flat_loss_keys import FLAT_KEYS, flat_override_paths, translate_flat_losses
 from spd.config.original_format import looks_original, translate_original
+from spd.config.original_later_format import looks_later, translate_later
 from spd.config.schema import Config, TaskConfig, task_config_class
 from spd.errors import SPDUserError
 
@@ -257,14 +258,18 @@ def _upgrade_flat_overrides(
 
 
 def upgrade_original(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """`data` translated from the original implementation's format if it is in that format,
-    with one warning line on stderr per translated key; otherwise `data` itself."""
-    if not looks_original(data):
+    """`data` translated from the original implementation's format (earlier or later) if it is
+    in one, with one warning line on stderr per translated key; otherwise `data` itself."""
+    later = looks_later(data)
+    if not (later or looks_original(data)):
         return data
     try:
+        # The later format's own keys first; what remains is translated as the earlier format's.
+        translated, notes = translate_later(data) if later else (data, [])
         # The renamed keys and flat loss keys are translated afterwards, as in any file of this format.
         known = frozenset(Config.model_fields) | RENAMED_KEYS.keys() | FLAT_KEYS
-        translated, notes = translate_original(data, known)
+        translated, more = translate_original(translated, known)
+        notes += more
     except SPDUserError as err:
         raise SPDUserError(f"{source}: {err}") from None
     for note in notes:

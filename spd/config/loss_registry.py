@@ -65,6 +65,9 @@ LOSS_TERMS: LossTermRegistry[LossTermPlugin] = LossTermRegistry(
         "spd.losses.terms.importance_minimality",
         "spd.losses.terms.schatten",
         "spd.losses.terms.out_recon",
+        "spd.losses.terms.hidden_act_recon",
+        "spd.losses.terms.stochastic_recon_subset",
+        "spd.losses.terms.ci_masked_recon_subset",
     ),
 )
 

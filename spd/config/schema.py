@@ -7,12 +7,16 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
     SerializeAsAny,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -32,6 +36,7 @@ OptionalCoeff = NonNegativeFloat | None
 SigmoidType = Literal["leaky_hard", "normal", "hard", "upper_leaky_hard", "swish_hard"]
 LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 OutputLossType = Literal["mse", "kl"]
+Sampling = Literal["continuous", "binomial"]
 TiedWeightsMode = Literal["shared_storage", "single_parameter"]
 CompileMode = Literal["auto", "on", "off"]
 MAX_RUN_NAME_BYTES = 200
@@ -80,6 +85,34 @@ class MetricSpec(StrictModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the metric or figure"
     )
+
+
+class ModuleC(StrictModel):
+    """The number of subcomponents of the decomposed modules one fnmatch pattern matches."""
+
+    module_pattern: str = Field(
+        description="fnmatch pattern over the decomposed module names (as target_module_patterns)"
+    )
+    C: PositiveInt = Field(description="Subcomponents of each module the pattern matches")
+
+
+_NUMBER_ADAPTER: TypeAdapter[int] = TypeAdapter(PositiveInt)
+_PAIRS_ADAPTER: TypeAdapter[list[ModuleC]] = TypeAdapter(list[ModuleC])
+
+
+def _validate_C(value: Any, _union: ValidatorFunctionWrapHandler) -> int | list[ModuleC]:
+    # Validated as the form it was written in, so that an error names that form's problem only
+    # ('C' or 'C.0.C'), not those of both forms as the plain union would.
+    if isinstance(value, list):
+        return _PAIRS_ADAPTER.validate_python(value)
+    return _NUMBER_ADAPTER.validate_python(value)
+
+
+# One number for every module, or `{module_pattern, C}` pairs.
+ModuleCSpec = Annotated[
+    PositiveInt | list[ModuleC],
+    WrapValidator(_validate_C),
+]
 
 
 class LossSpec(StrictModel):
@@ -181,7 +214,12 @@ class Config(StrictModel):
     )
 
     # --- decomposition ---
-    C: PositiveInt = Field(description="Subcomponents per decomposed matrix")
+    C: ModuleCSpec = Field(
+        description=(
+            "Subcomponents per decomposed matrix: one number for every module, or "
+            "[{module_pattern, C}] pairs, each decomposed module matched by exactly one pattern"
+        )
+    )
     target_module_patterns: list[str] = Field(
         min_length=1,
         description=(
@@ -248,6 +286,20 @@ class Config(StrictModel):
         default="mse",
         description="Output divergence of the reconstruction losses: mse, or kl over the logits",
     )
+    use_delta_component: bool = Field(
+        default=False,
+        description=(
+            "Masked passes add the delta component m_Δ · (W − U V) a, one mask per position "
+            "(stochastic passes: drawn like r; CI-masked passes: 0); docs/method.md"
+        ),
+    )
+    sampling: Sampling = Field(
+        default="continuous",
+        description=(
+            "The random source r of the stochastic masks g + (1 − g) r: continuous, U(0, 1); "
+            "binomial, 0 or 1 with probability 1/2 each"
+        ),
+    )
 
     # --- optimisation ---
     lr: PositiveFloat = Field(default=1e-3, description="Peak AdamW learning rate (weight decay 0)")
@@ -271,6 +323,28 @@ class Config(StrictModel):
     lr_warmup_pct: Fraction = Field(
         default=0.0,
         description="Fraction of the steps with a linear learning-rate warm-up",
+    )
+    faithfulness_warmup_steps: NonNegativeInt = Field(
+        default=0,
+        description="AdamW steps on the faithfulness loss alone (U and V only) before a fresh run",
+    )
+    faithfulness_warmup_lr: PositiveFloat = Field(
+        default=1e-3, description="Learning rate of the faithfulness warm-up's own AdamW"
+    )
+    faithfulness_warmup_weight_decay: NonNegativeFloat = Field(
+        default=0.0, description="Weight decay of the faithfulness warm-up's own AdamW"
+    )
+    grad_clip_norm_components: PositiveFloat | None = Field(
+        default=None,
+        description="Clip the global gradient norm of U and V to this before each step; null: no clip",
+    )
+    grad_clip_norm_ci_fns: PositiveFloat | None = Field(
+        default=None,
+        description="Clip the global gradient norm of the CI functions to this; null: no clip",
+    )
+    autocast_bf16: bool = Field(
+        default=False,
+        description="Run a step's forward passes under bf16 autocast (fp32 weights and losses)",
     )
 
     # --- bookkeeping frequencies ---
@@ -390,6 +464,23 @@ class Config(StrictModel):
             )
         return name
 
+    @field_validator("C")
+    @classmethod
+    def _check_module_C(cls, C: int | list[ModuleC]) -> int | list[ModuleC]:
+        # What the target's module names are needed for is checked when the model is built
+        # (`spd.config.module_c.module_C`).
+        if isinstance(C, int):
+            return C
+        if not C:
+            raise ValueError(
+                "an empty list gives no module a C; give a number or {module_pattern, C} pairs"
+            )
+        patterns = [pair.module_pattern for pair in C]
+        twice = sorted({p for p in patterns if patterns.count(p) > 1})
+        if twice:
+            raise ValueError(f"module_pattern '{twice[0]}' is listed twice; keep one pair")
+        return C
+
     @field_validator("ci_fn_type")
     @classmethod
     def _check_ci_fn_type(cls, name: str) -> str:
@@ -494,6 +585,7 @@ CONFIG_BLOCKS: dict[str, type[StrictModel]] = {
     "config": Config,
     "metrics": MetricSpec,
     "losses": LossSpec,
+    "C": ModuleC,
 }
 
 

@@ -7,6 +7,7 @@ Add one: write `fn(ctx: EvalContext, **params) -> dict[str, float]` here and dec
 import torch
 
 from spd.config.evaluators import register_metric
+from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.eval.ci_patterns import (
     dense_errors,
@@ -19,7 +20,10 @@ from spd.eval.ci_patterns import (
     serving_layers,
 )
 from spd.eval.context import EvalContext
+from spd.losses.masks import delta_masks, stochastic_masks
+from spd.losses.terms.hidden_act_recon import hidden_act_errors
 from spd.models.component_model import ComponentModel
+from spd.models.module_mask import ModuleMask
 
 
 @register_metric("ci_l0")
@@ -177,3 +181,31 @@ def dense_subcomponents(
         f"dense_subcomponents/{key}": float(n_dense(matrix, on, min_fraction))
         for key, matrix in groups.items()
     }
+
+
+def _stochastic_module_masks(ci: dict[str, torch.Tensor], config: Config) -> dict[str, ModuleMask]:
+    """The masks of `draw_stochastic_masks` (spd.losses.term), drawn from eval CI."""
+    component = stochastic_masks(ci, config.sampling)
+    delta = delta_masks(ci, config.sampling) if config.use_delta_component else {}
+    return {name: ModuleMask(component=m, delta=delta.get(name)) for name, m in component.items()}
+
+
+@register_metric("hidden_act_recon")
+def hidden_act_recon(ctx: EvalContext) -> dict[str, float]:
+    """Mean squared difference between each decomposed module's input with every module under
+    stochastic masks and its input in the target pass, per module and in total (the total is the
+    `hidden_act_recon` loss term). The masks are drawn on a forked random state, so selecting the
+    metric does not change the training draws."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    device = ctx.inputs[0].device
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for b in ctx.batches:
+            _, target_acts = ctx.model.forward_with_pre_acts(b.inputs)
+            masks = _stochastic_module_masks(b.ci, ctx.config)
+            for name, (sq, n) in hidden_act_errors(ctx.model, b.inputs, target_acts, masks).items():
+                sums[name] = sums.get(name, 0.0) + float(sq)
+                counts[name] = counts.get(name, 0) + n
+    results = {f"hidden_act_recon/{name}": sums[name] / counts[name] for name in sums}
+    results["hidden_act_recon/total"] = sum(sums.values()) / sum(counts.values())
+    return results

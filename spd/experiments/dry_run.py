@@ -14,8 +14,7 @@ from spd.config.loading import config_to_yaml
 from spd.config.schema import Config
 from spd.experiments.run_decomposition import DataFactory
 from spd.loading.targets import load_target_model
-from spd.models.component_model import match_module_names
-from spd.models.tie_check import check_tied_weights
+from spd.models.tie_check import check_decomposition
 from spd.persistence.resume import find_resume_point
 from spd.persistence.run_dir import check_writable_directory, output_root
 from spd.train.data_shard import data_shard
@@ -35,8 +34,7 @@ def check_run(
         else:
             check_writable_directory(run_dir, "--run-dir")
     target = load_target_model(config).to(device)
-    match_module_names(target, config.target_module_patterns)
-    check_tied_weights(target, config)
+    check_decomposition(target, config)
     make_data(config, target, device, shard)
     if resume is not None:
         find_resume_point(resume, config)

@@ -31,8 +31,7 @@ from spd.config.schema import Config
 from spd.errors import OneLineArgumentParser, SPDUserError
 from spd.loading.run_config import load_run_config
 from spd.loading.targets import load_target_model
-from spd.models.component_model import match_module_names
-from spd.models.tie_check import check_tied_weights
+from spd.models.tie_check import check_decomposition
 from spd.persistence.atomic_files import atomic_write_text
 from spd.persistence.checkpoint_check import newest_good_checkpoint
 from spd.persistence.checkpoints import CHECKPOINT_GLOB
@@ -246,9 +245,8 @@ def _prepare(
         else:
             check_writable_directory(run_dir_path, "--run-dir")
     target = load_target_model(config).to(device)
-    # Fail on bad patterns before a run directory exists for a run that cannot start.
-    match_module_names(target, config.target_module_patterns)
-    check_tied_weights(target, config)
+    # Fail on bad patterns, C or ties before a run directory exists for a run that cannot start.
+    check_decomposition(target, config)
     train_batches, eval_batches = make_data(config, target, device, shard)
     # A second writer on the same run is refused before it reads or writes anything there.
     lock = lock_run_directory(resume) if is_main and resume is not None else None

@@ -23,8 +23,7 @@ from spd.launch.sweeps import Sweep, expand_grid, run_label, unique_names
 from spd.loading.run_config import load_run_config
 from spd.loading.run_paths import is_wandb_path
 from spd.loading.targets import load_target_model
-from spd.models.component_model import match_module_names
-from spd.models.tie_check import check_tied_weights
+from spd.models.tie_check import check_decomposition
 from spd.persistence.run_dir import check_writable_directory, output_root
 from spd.train.data_shard import data_shard
 from spd.train.distributed import RankInfo
@@ -111,7 +110,8 @@ def _target_on_disk(config: Config) -> bool:
 
 
 def _check_patterns(name: str, config: Config, targets: dict[tuple[str, str], nn.Module]) -> None:
-    """Every layer pattern must match a module of the target (built once per launch, on the CPU)."""
+    """Every layer pattern must match a module of the target, each decomposed module one C and
+    every tie two matching matrices (the target built once per launch, on the CPU)."""
     if not _target_on_disk(config):
         return
     key = (
@@ -121,8 +121,7 @@ def _check_patterns(name: str, config: Config, targets: dict[tuple[str, str], nn
     try:
         if key not in targets:
             targets[key] = load_target_model(config)
-        match_module_names(targets[key], config.target_module_patterns)
-        check_tied_weights(targets[key], config)
+        check_decomposition(targets[key], config)
     except SPDUserError as err:
         raise SPDUserError(f"run '{name}' is invalid, nothing was launched: {err}") from None
 

@@ -1,8 +1,9 @@
 """Stage 6, the method's loss terms: one module per term under `terms/` (each registers a
 `term.LossTerm` into `spd.config.loss_registry.LOSS_TERMS`), what they read (`inputs`), the
-stochastic masks (`masks`), the output divergence (`divergence`), their weighted sum (`total`),
-one micro-batch's loss (`batch`), and the cut of a sparse toy batch to its live rows that keeps
-every loss exact (`row_selection`).
+stochastic masks (`masks`), the routers of the subset terms (`routing`), the output divergence
+(`divergence`), their weighted sum (`total`), one micro-batch's loss (`batch`), its bf16 autocast
+(`precision`), and the cut of a sparse toy batch to its live rows that keeps every loss exact
+(`row_selection`).
 
 May import: every stage up to `spd.models`.
 """

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from spd.config.schema import Config
 from spd.losses.inputs import loss_inputs
+from spd.losses.precision import forward_autocast
 from spd.losses.row_selection import RowSelection
 from spd.losses.total import configured_terms, total_loss
 from spd.models.component_model import ComponentModel
@@ -28,9 +29,10 @@ def batch_loss(model: ComponentModel, batch: Tensor, config: Config, pnorm: floa
 
     Products of fixed and trained factors that several passes share are formed once
     (`spd.models.low_rank_stream.shared_products`). `spd.train.compilation` runs the same two
-    calls with `total_loss` compiled.
+    calls with `total_loss` compiled. Under `autocast_bf16` both run in bf16 autocast
+    (`spd.losses.precision`).
     """
-    with shared_products():
+    with shared_products(), forward_autocast(config.autocast_bf16, batch.device):
         inputs = loss_inputs(model, batch, config, pnorm)
         total, terms = total_loss(inputs, configured_terms(config))
     return BatchLoss(total=total, terms=terms, ci=dict(inputs.ci), rows=inputs.rows)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from spd.config.schema import Config, OutputLossType
+from spd.config.schema import Config, OutputLossType, Sampling
 from spd.losses.row_selection import RowSelection, check_independent_rows, select_rows
 from spd.models.component_model import ComponentModel
 
@@ -33,6 +33,10 @@ class LossInputs:
     # importance_minimality's p at this step (its schedule, `spd.train.schedules.pnorm_at_step`).
     pnorm: float
     rows: RowSelection | None
+    # The run's mask options (`Config.use_delta_component`, `Config.sampling`), which every
+    # masking term honours.
+    use_delta_component: bool = False
+    sampling: Sampling = "continuous"
 
 
 def loss_inputs(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> LossInputs:
@@ -47,6 +51,21 @@ def loss_inputs(model: ComponentModel, batch: Tensor, config: Config, pnorm: flo
         pre_acts = {name: rows.take(a) for name, a in pre_acts.items()}
         streams = {name: s.take_rows(rows.index) for name, s in streams.items()}
     ci, ci_upper = model.causal_importances(pre_acts, config.sigmoid_type, streams=streams)
+    if config.autocast_bf16:
+        # The losses reduce in float32 (spd.losses.precision).
+        target_out = target_out.float()
+        ci = {name: g.float() for name, g in ci.items()}
+        ci_upper = {name: g.float() for name, g in ci_upper.items()}
     return LossInputs(
-        model, batch, target_out, pre_acts, ci, ci_upper, config.output_loss_type, pnorm, rows
+        model,
+        batch,
+        target_out,
+        pre_acts,
+        ci,
+        ci_upper,
+        config.output_loss_type,
+        pnorm,
+        rows,
+        config.use_delta_component,
+        config.sampling,
     )

@@ -16,7 +16,8 @@ from torch import Tensor
 from spd.config.loss_registry import LOSS_TERMS
 from spd.config.schema import StrictModel
 from spd.losses.inputs import LossInputs
-from spd.losses.masks import stochastic_masks
+from spd.losses.masks import delta_masks, stochastic_masks
+from spd.models.module_mask import ModuleMask
 
 
 class NoParams(StrictModel):
@@ -32,14 +33,20 @@ class SampledParams(StrictModel):
 
 
 ParamsT = TypeVar("ParamsT", bound=StrictModel)
-Masks = Mapping[str, Tensor]
-# A term's masks for one sample: the module names it masks -> their masks.
-MaskSource = Callable[[LossInputs, ParamsT], dict[str, Tensor]]
+Masks = Mapping[str, ModuleMask]
+# A term's masks for one sample: the module names it masks -> their `ModuleMask` (component
+# mask, delta component's mask, route), passed on to `ComponentModel.forward_with_components`.
+MaskSource = Callable[[LossInputs, ParamsT], dict[str, ModuleMask]]
 
 
-def draw_stochastic_masks(inputs: LossInputs, params: StrictModel) -> dict[str, Tensor]:
-    """The method's stochastic masks of every decomposed module, from this step's CI."""
-    return stochastic_masks(inputs.ci)
+def draw_stochastic_masks(inputs: LossInputs, params: StrictModel) -> dict[str, ModuleMask]:
+    """The method's stochastic masks of every decomposed module, from this step's CI, drawn as
+    the run's `sampling` says; with `use_delta_component`, then the delta component's masks."""
+    component = stochastic_masks(inputs.ci, inputs.sampling)
+    if not inputs.use_delta_component:
+        return {name: ModuleMask(component=m) for name, m in component.items()}
+    delta = delta_masks(inputs.ci, inputs.sampling)
+    return {name: ModuleMask(component=m, delta=delta[name]) for name, m in component.items()}
 
 
 @dataclass(frozen=True)

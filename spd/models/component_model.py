@@ -6,7 +6,8 @@ own `forward`:
 - `model(x)`                          — the unmodified target;
 - `model.forward_with_pre_acts(x)`    — the target, plus the input each decomposed layer received;
 - `model.forward_with_components(x, masks)` — the layers named in `masks` replaced by their
-  components (masked, or unmasked for a `None` mask), every other layer original.
+  components (masked, or unmasked for a `None` mask; a `ModuleMask` adds the delta component
+  and a route), every other layer original.
 """
 
 import fnmatch
@@ -19,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from spd.config.module_c import module_C
 from spd.config.schema import Config, SigmoidType, TiedWeightsMode
 from spd.errors import SPDUserError
 from spd.loading.run_paths import resolve_run_path
@@ -31,6 +33,7 @@ from spd.models.ci_fns.base import (
 )
 from spd.models.components import Components, EmbeddingComponents
 from spd.models.low_rank_stream import LowRankStream, read_stream, write_stream
+from spd.models.module_mask import MaskLike, ModuleMask, as_module_mask
 from spd.models.sigmoids import get_sigmoids
 from spd.persistence.checkpoints import checkpoint_config, latest_checkpoint, read_checkpoint
 
@@ -55,7 +58,7 @@ class DecomposedModule(nn.Module):
         self.original = original
         self.components = components
         self.mode: Literal["original", "components"] = "original"
-        self.mask: Tensor | None = None
+        self.mask: ModuleMask | None = None
         self.capture_input = False
         self.captured_input: Tensor | None = None
         self.captured_stream: LowRankStream | None = None
@@ -64,24 +67,48 @@ class DecomposedModule(nn.Module):
         if self.capture_input:
             self.captured_input = x
         if self.mode == "components":
-            return self.components(x, self.mask)
+            return self.masked_forward(x, self._active_mask())
         return self.original(x)
+
+    def masked_forward(self, x: Tensor, mask: ModuleMask) -> Tensor:
+        """The layer under `mask`: U (m ⊙ V x) + m_Δ · (Δ x) + bias where routed to the
+        components, and exactly the original layer's output elsewhere (docs/method.md)."""
+        out = self.components(x, mask.component)
+        if mask.delta is not None:
+            weight = self.original.weight
+            assert isinstance(weight, Tensor)
+            out = out + mask.delta.unsqueeze(-1) * self.components.delta_output(x, weight)
+        if mask.route is not None:
+            # A select, not a blend: a routed-away position gets the original's output bit for bit.
+            out = torch.where(mask.route.unsqueeze(-1), out, self.original(x))
+        return out
+
+    def _active_mask(self) -> ModuleMask:
+        assert self.mask is not None, "set by ComponentModel.forward_with_components"
+        return self.mask
 
     def read_stream(self, stream: LowRankStream) -> Tensor:
         """The layer applied to a `LowRankStream` input, through its small factors."""
         if self.capture_input:
             self.captured_stream = stream
-        if self.mode == "components":
-            return self.components.output(stream.project(self.components.V), self.mask)
-        return read_stream(self.original, stream)
+        if self.mode == "original":
+            return read_stream(self.original, stream)
+        mask = self._active_mask()
+        if mask.delta is None and mask.route is None:
+            return self.components.output(stream.project(self.components.V), mask.component)
+        # The delta component and a route read the dense input (docs/method.md).
+        return self.masked_forward(stream.dense(), mask)
 
     def write_stream(self, x: Tensor) -> LowRankStream:
         """The layer's output as `LowRankStream` terms, for a target that adds it to a stream."""
         if self.capture_input:
             self.captured_input = x
-        if self.mode == "components":
-            return self.components.write_stream(x, self.mask)
-        return write_stream(self.original, x)
+        if self.mode == "original":
+            return write_stream(self.original, x)
+        mask = self._active_mask()
+        if mask.delta is None and mask.route is None:
+            return self.components.write_stream(x, mask.component)
+        return LowRankStream(dense_part=self.masked_forward(x, mask))
 
 
 def _build_components(module: nn.Module, C: int) -> Components:
@@ -127,14 +154,37 @@ def match_module_names(target: nn.Module, patterns: list[str]) -> list[str]:
     return sorted(selected, key=order.__getitem__)
 
 
+def _per_module_C(C: int | Mapping[str, int], module_names: list[str]) -> dict[str, int]:
+    if isinstance(C, int):
+        return dict.fromkeys(module_names, C)
+    missing = [n for n in module_names if n not in C]
+    extra = [n for n in C if n not in module_names]
+    if missing or extra:
+        raise SPDUserError(
+            f"C names modules {sorted(C)}, but the decomposed modules are {module_names}; "
+            "give one C per decomposed module"
+        )
+    return {n: C[n] for n in module_names}
+
+
+def config_module_C(target: nn.Module, config: Config) -> dict[str, int]:
+    """Each module of `target` that `config` decomposes, with its C (`spd.config.module_c`).
+
+    Raises `SPDUserError` on a bad pattern of `target_module_patterns` or of `C:`; run before
+    anything is written, so a run that cannot be built fails with one line.
+    """
+    return module_C(config.C, match_module_names(target, config.target_module_patterns))
+
+
 class ComponentModel(nn.Module):
-    """A frozen target model whose chosen layers are decomposed into C subcomponents each."""
+    """A frozen target model whose chosen layers are decomposed into subcomponents, C of them
+    per layer: one number for every layer, or a number per decomposed module name (`module_C`)."""
 
     def __init__(
         self,
         target: nn.Module,
         target_module_patterns: list[str],
-        C: int,
+        C: int | Mapping[str, int],
         ci_fn_type: str = "mlp",
         ci_fn_hidden_dims: list[int] | None = None,
         ci_fn_params: Mapping[str, Any] | None = None,
@@ -143,15 +193,15 @@ class ComponentModel(nn.Module):
         tied_weights_mode: TiedWeightsMode = "shared_storage",
     ) -> None:
         super().__init__()
-        self.C = C
         self.output_attr = output_attr
         target.requires_grad_(False)
         self.target = target
         self.module_names = match_module_names(target, target_module_patterns)
+        self.module_C = _per_module_C(C, self.module_names)
         self.decomposed: dict[str, DecomposedModule] = {}
         for name in self.module_names:
             original = target.get_submodule(name)
-            wrapper = DecomposedModule(original, _build_components(original, C))
+            wrapper = DecomposedModule(original, _build_components(original, self.module_C[name]))
             target.set_submodule(name, wrapper)
             self.decomposed[name] = wrapper
         self.ci_fn_type = ci_function_type(ci_fn_type)
@@ -168,6 +218,11 @@ class ComponentModel(nn.Module):
                         f"tied_weights names '{name}', which is not a decomposed module "
                         f"(decomposed: {', '.join(self.module_names)})"
                     )
+            if self.module_C[source] != self.module_C[tied]:
+                raise SPDUserError(
+                    f"tied_weights ['{source}', '{tied}']: C is {self.module_C[source]} and "
+                    f"{self.module_C[tied]}; give tied modules the same C"
+                )
             self.components[tied].tie_to(self.components[source], tied_weights_mode)
         # Set once the first training batch has confirmed the target's `independent_rows`
         # promise (`spd.losses.row_selection.check_independent_rows`).
@@ -269,24 +324,33 @@ class ComponentModel(nn.Module):
         return out, pre_acts, streams
 
     @contextmanager
-    def _components_active(self, masks: Mapping[str, Tensor | None]) -> Iterator[None]:
+    def _components_active(self, masks: Mapping[str, MaskLike]) -> Iterator[None]:
         unknown = set(masks) - set(self.decomposed)
         if unknown:
             raise KeyError(f"no decomposed module named {sorted(unknown)}")
         try:
             for name, mask in masks.items():
                 self.decomposed[name].mode = "components"
-                self.decomposed[name].mask = mask
+                self.decomposed[name].mask = as_module_mask(mask)
             yield
         finally:
             for name in masks:
                 self.decomposed[name].mode = "original"
                 self.decomposed[name].mask = None
 
-    def forward_with_components(self, x: Tensor, masks: Mapping[str, Tensor | None]) -> Tensor:
-        """Run with the layers in `masks` replaced by their components (a `None` mask: unmasked)."""
+    def forward_with_components(self, x: Tensor, masks: Mapping[str, MaskLike]) -> Tensor:
+        """Run with the layers in `masks` replaced by their components: each under its
+        `ModuleMask` (delta component, route), or a plain component mask (`None`: unmasked)."""
         with self._components_active(masks):
             return self.forward(x)
+
+    def forward_with_components_and_inputs(
+        self, x: Tensor, masks: Mapping[str, MaskLike]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`forward_with_components`, plus the input every decomposed layer received in that
+        pass (dense), as `forward_with_pre_acts` returns the target's."""
+        with self._components_active(masks):
+            return self.forward_with_pre_acts(x)
 
     # ----- causal importance -----
 
@@ -407,7 +471,7 @@ def build_component_model(target: nn.Module, config: Config) -> ComponentModel:
     return ComponentModel(
         target,
         target_module_patterns=config.target_module_patterns,
-        C=config.C,
+        C=config_module_C(target, config),
         ci_fn_type=config.ci_fn_type,
         ci_fn_hidden_dims=config.ci_fn_hidden_dims,
         ci_fn_params=config.ci_fn_params,

@@ -141,6 +141,13 @@ class Components(nn.Module):
         out = acts @ self.U
         return out if self.bias is None else out + self.bias
 
+    def delta_output(
+        self, x: Float[Tensor, "... d_in"], target_weight: Tensor
+    ) -> Float[Tensor, "... d_out"]:
+        """Δ x with Δ = W − V U (the target's weight, in its own layout, minus the summed
+        subcomponents), recomputed from the current factors so that gradients reach them."""
+        return x @ (self.as_in_out(target_weight) - self.V @ self.U)
+
     def write_stream(
         self, x: Float[Tensor, "N d_in"], mask: Float[Tensor, "N C"] | None = None
     ) -> LowRankStream:
@@ -158,3 +165,9 @@ class EmbeddingComponents(Components):
 
     def inner_acts(self, x: Int[Tensor, "..."]) -> Float[Tensor, "... C"]:  # pyright: ignore[reportIncompatibleMethodOverride]
         return self.V[x]
+
+    def delta_output(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, x: Int[Tensor, "..."], target_weight: Tensor
+    ) -> Float[Tensor, "... d_out"]:
+        """Δ's rows for the tokens `x`: W[x] − V[x] U, without forming the vocab-wide Δ."""
+        return target_weight[x] - self.V[x] @ self.U

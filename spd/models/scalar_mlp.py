@@ -121,7 +121,13 @@ def _ones_like(t: Tensor) -> Tensor:
 def _apply(
     x_cn: Float[Tensor, "C N"], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
 ) -> Float[Tensor, "N C"]:
-    out = _ScalarMLP.apply(x_cn.contiguous(), w1, b1, w2, b2)
+    if torch.is_autocast_enabled(x_cn.device.type):
+        # The hand-fused kernel has no autocast rules: under `autocast_bf16` it runs in its
+        # weights' dtype (float32) on the bf16 inner activations cast up.
+        with torch.autocast(x_cn.device.type, enabled=False):
+            out = _ScalarMLP.apply(x_cn.to(w1.dtype).contiguous(), w1, b1, w2, b2)
+    else:
+        out = _ScalarMLP.apply(x_cn.contiguous(), w1, b1, w2, b2)
     assert isinstance(out, Tensor)
     # Downstream elementwise work (sigmoids, masks) runs on (N, C) tensors; a transposed view
     # would make every one of those operators walk memory with a stride of N.

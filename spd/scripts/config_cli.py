@@ -6,11 +6,12 @@
     spd-config starter --model-class CLS --checkpoint PATH   # list the modules it can decompose
     spd-config starter --hf DIR --patterns 'model.layers.0.mlp.*' --out my_run.yaml
 
-`upgrade` translates every key of the original's format (docs/original_configs.md), takes weight
-tying from an original-format TMS target's own training config, checks that the result is a
-valid config, and prints it as YAML on stdout; each translated key is one warning line on stderr.
-It needs neither W&B nor the network: a `wandb:` target is kept as it is (or replaced with
-`--target`), and its weight tying is decided when the run fetches it.
+`upgrade` translates every key of the original's formats, earlier and later
+(docs/original_configs.md), takes weight tying from an original-format TMS target's own training
+config, checks that the result is a valid config, and prints it as YAML on stdout; each
+translated key is one warning line on stderr. It needs neither W&B nor the network: a `wandb:`
+target is kept as it is (or replaced with `--target`), and its weight tying is decided when the
+run fetches it.
 A key without a translation is a one-line error (exit code 2).
 
 `starter` loads a model (a class by import path with its checkpoint, or a Hugging Face

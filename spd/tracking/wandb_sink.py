@@ -90,7 +90,9 @@ def wandb_run_name(config: Config, base: str) -> str:
     """
     if config.wandb_run_name:
         return config.wandb_run_name
-    parts = [base, f"C{config.C}", f"lr{config.lr:g}"]
+    # A per-module C shows its pairs' numbers in their order, e.g. C3_5.
+    C = config.C if isinstance(config.C, int) else "_".join(str(pair.C) for pair in config.C)
+    parts = [base, f"C{C}", f"lr{config.lr:g}"]
     importance = config.loss_coeffs.get("importance_minimality")
     if importance is not None:
         parts.append(f"imp{importance:g}")

@@ -5,6 +5,8 @@ implementation does: a subcomponent fired if it fired on any rank, and the examp
 summed over ranks, so every rank holds the same counters.
 """
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -16,8 +18,7 @@ class AliveTracker:
 
     def __init__(
         self,
-        module_names: list[str],
-        C: int,
+        module_C: Mapping[str, int],
         threshold: float,
         n_examples: int,
         device: torch.device,
@@ -25,7 +26,7 @@ class AliveTracker:
         self.threshold = threshold
         self.n_examples = n_examples
         self.examples_since_fired = {
-            n: torch.zeros(C, dtype=torch.long, device=device) for n in module_names
+            n: torch.zeros(C, dtype=torch.long, device=device) for n, C in module_C.items()
         }
 
     @torch.no_grad()
@@ -37,11 +38,11 @@ class AliveTracker:
         n_in_batch = (
             next(iter(ci.values())).shape[:-1].numel() if n_examples is None else n_examples
         )
-        fired = torch.stack(
-            [ci[name].flatten(0, -2).amax(dim=0) > self.threshold for name in names]
-        )
+        # One flat vector for one collective; the layers' C may differ (per-module C).
+        fired = torch.cat([ci[name].flatten(0, -2).amax(dim=0) > self.threshold for name in names])
         any_fired, n_in_batch = distributed.combine_firing(fired, n_in_batch)
-        for name, fired_here in zip(names, any_fired, strict=True):
+        widths = [ci[name].shape[-1] for name in names]
+        for name, fired_here in zip(names, any_fired.split(widths), strict=True):
             self.examples_since_fired[name].add_(n_in_batch).masked_fill_(fired_here, 0)
 
     def n_alive(self) -> dict[str, int]:

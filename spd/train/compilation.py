@@ -39,6 +39,7 @@ from torch._inductor.exc import CppCompileError
 from spd.config.schema import Config
 from spd.losses.batch import BatchLoss
 from spd.losses.inputs import LossInputs, loss_inputs
+from spd.losses.precision import check_autocast, forward_autocast
 from spd.losses.total import ConfiguredTerm, configured_terms, total_loss
 from spd.models.component_model import ComponentModel
 from spd.models.low_rank_stream import shared_products
@@ -97,6 +98,8 @@ class MicroStep:
 
     def __init__(self, config: Config, device: torch.device) -> None:
         self.device = device
+        if config.autocast_bf16:
+            check_autocast(device)
         # Built once: the compiled graph guards on these objects, so the same ones every step.
         self.terms = configured_terms(config)
         self.compiled: TotalLoss | None = None
@@ -151,7 +154,7 @@ class MicroStep:
             # and keep copies of the (scalar) terms, which the step sums across micro-batches.
             torch.compiler.cudagraph_mark_step_begin()
         # `spd.losses.batch.batch_loss`, with `total` for `total_loss`.
-        with shared_products():
+        with shared_products(), forward_autocast(config.autocast_bf16, self.device):
             inputs = loss_inputs(model, batch, config, pnorm)
             value, terms = total(inputs, self.terms)
         (value / n_micro).backward()

@@ -30,6 +30,7 @@ class CompileMeasurement:
 
     def matches(self, config: Config, device_type: str) -> bool:
         """Whether this measurement is of `config`'s case on `device_type`."""
+        # A per-module C (a list of pairs) is a case nobody measured: it matches none.
         case = (config.pretrained_model_class, config.C, config.batch_size)
         return device_type == self.device_type and case == (
             self.model_class,

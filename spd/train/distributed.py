@@ -139,9 +139,7 @@ def average_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
 
 
-def combine_firing(
-    fired: Bool[Tensor, "layers C"], n_examples: int
-) -> tuple[Bool[Tensor, "layers C"], int]:
+def combine_firing(fired: Bool[Tensor, "..."], n_examples: int) -> tuple[Bool[Tensor, "..."], int]:
     """Whether each subcomponent fired on any rank, and the examples counted over all ranks.
 
     One collective: the firing flags and the count are summed together.

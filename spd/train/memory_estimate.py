@@ -32,7 +32,7 @@ from spd.errors import SPDUserError
 from spd.losses.row_selection import LIVE_ROW_SHARE_MAX
 from spd.losses.term import SampledParams
 from spd.models.ci_fns.base import LayerShape, ci_function_type
-from spd.models.component_model import match_module_names
+from spd.models.component_model import config_module_C
 
 FLOAT_BYTES = 4
 # Optimiser-side copies of each trainable parameter: value, gradient, AdamW's exp_avg, exp_avg_sq.
@@ -144,26 +144,25 @@ def _graph_passes(config: Config, n_layers: int) -> int:
 
 def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     """Memory one training step of `config` on `target` adds to the process (see module doc)."""
-    names = match_module_names(target, config.target_module_patterns)
+    module_C = config_module_C(target, config)
     modules = dict(target.named_modules())
-    shapes = [_shape(modules[name]) for name in names]
     layers = {
-        name: LayerShape(d_in, d_out, config.C, isinstance(modules[name], nn.Embedding))
-        for name, (d_in, d_out) in zip(names, shapes, strict=True)
+        name: LayerShape(*_shape(modules[name]), C, isinstance(modules[name], nn.Embedding))
+        for name, C in module_C.items()
     }
     ci_type = ci_function_type(config.ci_fn_type)
     ci_params = ci_type.params_model.model_validate(config.ci_fn_params)
     hidden = config.ci_fn_hidden_dims
-    parameters = sum(config.C * (d_in + d_out) for d_in, d_out in shapes)
+    parameters = sum(s.C * (s.d_in + s.d_out) for s in layers.values())
     parameters += ci_type.parameter_count(layers, hidden, ci_params)
 
     seq_len = config.task_config.sequence_length
     ci_units = ci_type.activation_elements(layers, hidden, ci_params)
-    graph_passes = _graph_passes(config, len(shapes))
+    graph_passes = _graph_passes(config, len(layers))
     output = _output_width(target)
     per_pass = (
         _layer_outputs_per_row(target)
-        + sum(d_in + config.C + d_out for d_in, d_out in shapes)
+        + sum(s.d_in + s.C + s.d_out for s in layers.values())
         + _attention_per_token(target, seq_len)
         + output * (3 if config.output_loss_type == "kl" else 1)
     )

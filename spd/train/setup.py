@@ -16,6 +16,7 @@ from spd.train import distributed
 from spd.train.alive_tracker import AliveTracker
 from spd.train.compilation import MicroStep
 from spd.train.training_state import restore_training_state
+from spd.train.warmup import component_parameters, faithfulness_warmup
 
 
 @dataclass
@@ -35,8 +36,7 @@ class Training:
 
 def trainable_parameters(model: ComponentModel) -> list[nn.Parameter]:
     """U, V (untied ones) and the CI-function parameters."""
-    params = [p for comp in model.components.values() for p in comp.parameters() if p.requires_grad]
-    return params + list(model.ci_fns.parameters())
+    return component_parameters(model) + list(model.ci_fns.parameters())
 
 
 def set_up_training(
@@ -48,8 +48,9 @@ def set_up_training(
     resume_from: Path | None,
 ) -> Training:
     """Build and initialise the component model (seeded), join the process group when launched
-    under `torchrun`, create AdamW and the alive tracker, restore `resume_from` if given, and
-    set up the (compiled or eager) micro-batch step."""
+    under `torchrun`, create AdamW and the alive tracker, restore `resume_from` if given (else
+    run the faithfulness warm-up, `spd.train.warmup`), and set up the (compiled or eager)
+    micro-batch step."""
     torch.manual_seed(config.seed)
     model = build_component_model(target_model, config)
     model.init_components_from_target(config.seed)
@@ -64,8 +65,7 @@ def set_up_training(
         model.optimizer_param_groups(params), lr=config.lr, weight_decay=0.0, fused=True
     )
     alive = AliveTracker(
-        model.module_names,
-        config.C,
+        model.module_C,
         config.ci_alive_threshold,
         config.n_examples_until_dead,
         device,
@@ -77,5 +77,7 @@ def set_up_training(
         start_step = restore_training_state(
             data, resume_from, config, model, optimizer, alive, streams
         )
+    else:
+        faithfulness_warmup(model, config)
     micro_step = MicroStep(config, device)
     return Training(model, params, optimizer, alive, streams, start_step, micro_step)

@@ -13,9 +13,11 @@ from torch import Tensor
 from spd.config.schema import Config
 from spd.losses.batch import BatchLoss
 from spd.losses.terms.importance_minimality import importance_params
+from spd.models.component_model import ComponentModel
 from spd.train import distributed
 from spd.train.schedules import lr_at_step, pnorm_at_step
 from spd.train.setup import Training
+from spd.train.warmup import component_parameters
 
 
 def apply_schedules(
@@ -49,6 +51,8 @@ class StepStats:
     last_terms: dict[str, Tensor] = field(default_factory=dict)
     term_sums: dict[str, Tensor] = field(default_factory=dict)
     ci_l0_sums: dict[str, Tensor] = field(default_factory=dict)
+    # The global gradient norm of each clipped group before clipping (`clip_gradients`).
+    pre_clip_norms: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -78,7 +82,8 @@ def train_step(
     detailed: bool,
 ) -> StepStats:
     """Gradients of the configured loss over `gradient_accumulation_steps` micro-batches, averaged
-    over ranks. Raises FloatingPointError, naming the terms, when the loss is not finite."""
+    over ranks, then clipped per group (`clip_gradients`). Raises FloatingPointError, naming the
+    terms, when the loss is not finite."""
     training.optimizer.zero_grad(set_to_none=True)
     stats = StepStats(n_micro=config.gradient_accumulation_steps)
     for _ in range(stats.n_micro):
@@ -94,7 +99,23 @@ def train_step(
         raise FloatingPointError(
             f"non-finite loss at step {step} in term(s): {', '.join(bad) or 'total'}"
         )
+    stats.pre_clip_norms = clip_gradients(training.model, config)
     return stats
+
+
+def clip_gradients(model: ComponentModel, config: Config) -> dict[str, Tensor]:
+    """Clip the global gradient norm of U and V (`grad_clip_norm_components`) and of the CI
+    functions (`grad_clip_norm_ci_fns`), each group to its own bound, after accumulation and the
+    averaging over ranks. Returns the norms before clipping of the clipped groups."""
+    groups = {
+        "components": (component_parameters(model), config.grad_clip_norm_components),
+        "ci_fns": (list(model.ci_fns.parameters()), config.grad_clip_norm_ci_fns),
+    }
+    return {
+        name: torch.nn.utils.clip_grad_norm_(params, max_norm)
+        for name, (params, max_norm) in groups.items()
+        if max_norm is not None
+    }
 
 
 def train_metrics(
@@ -112,5 +133,6 @@ def train_metrics(
         "train/lr": lr,
         "train/pnorm": pnorm,
         "train/grad_norm": float(grad_norm),
+        **{f"train/grad_norm_pre_clip/{k}": float(v) for k, v in stats.pre_clip_norms.items()},
     }
     return distributed.average_metrics(log)

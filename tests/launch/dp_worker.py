@@ -1,12 +1,15 @@
 """One process of the data-parallel tests: run alone, or as one rank under torchrun.
 
-    python dp_worker.py OUT_DIR MODE        # MODE: exact | stochastic
+    python dp_worker.py OUT_DIR MODE        # MODE: exact | stochastic | options
 
 Decomposes the shipped tms_5-2 target through `run_decomposition` in float64 (so that summing a
 batch in two halves or at once agrees to ~1e-15), on data this script controls: every step has one
 global batch drawn from a fixed seed. In `exact` mode each rank takes its slice of that batch and
 no loss term draws random masks; in `stochastic` mode every rank takes the whole batch and the
-stochastic reconstruction term is on, so the ranks differ only in the masks they draw. Each rank
+stochastic reconstruction term is on, so the ranks differ only in the masks they draw. `options` is `exact` with the 2026 training
+options on (importance minimality's frequency term, the faithfulness warm-up, both gradient clips)
+on global batches whose second half repeats the first: each rank's S_c is then exactly half the
+global one, so world_size · S_c is the one-process sum and two ranks must match one. Each rank
 saves its final trained parameters and the first masks it drew to OUT_DIR/rank<r>.pt.
 """
 
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from spd.config.loading import config_from_dict
-from spd.config.schema import Config
+from spd.config.schema import Config, Sampling
 from spd.experiments.run_decomposition import run_decomposition
 from spd.loading.run_paths import REPO_ROOT
 from spd.losses import term as loss_term
@@ -29,8 +32,9 @@ GLOBAL_BATCH = 64
 N_FEATURES = 5
 
 
-def global_batches(seed: int, sliced: bool) -> Iterator[Tensor]:
-    """The same global batches on every rank; with `sliced`, this rank's contiguous share."""
+def global_batches(seed: int, sliced: bool, mirrored: bool = False) -> Iterator[Tensor]:
+    """The same global batches on every rank; with `sliced`, this rank's contiguous share; with
+    `mirrored`, each global batch's second half a copy of its first."""
     generator = torch.Generator().manual_seed(seed)
     rank = distributed.rank_info()
     share = GLOBAL_BATCH // rank.world_size if sliced else GLOBAL_BATCH
@@ -38,12 +42,28 @@ def global_batches(seed: int, sliced: bool) -> Iterator[Tensor]:
     while True:
         values = torch.rand(GLOBAL_BATCH, N_FEATURES, generator=generator)
         active = torch.rand(GLOBAL_BATCH, N_FEATURES, generator=generator) < 0.3
-        yield (values * active)[start : start + share]
+        batch = values * active
+        if mirrored:
+            batch = batch[: GLOBAL_BATCH // 2].repeat(2, 1)
+        yield batch[start : start + share]
+
+
+# The 2026 training options of `options` mode: bounds well below the gradients' norms, so both
+# clips act on every step.
+OPTIONS = {
+    "faithfulness_warmup_steps": 3,
+    "faithfulness_warmup_lr": 1e-2,
+    "grad_clip_norm_components": 1e-3,
+    "grad_clip_norm_ci_fns": 1e-3,
+}
 
 
 def make_config(out_dir: Path, mode: str) -> Config:
+    importance = {"pnorm": 2.0, "beta": 0.1} if mode == "options" else {}
+    options = OPTIONS if mode == "options" else {}
     return config_from_dict(
         {
+            **options,
             "seed": 0,
             "device": "cpu",
             "run_name": mode,
@@ -54,7 +74,7 @@ def make_config(out_dir: Path, mode: str) -> Config:
                 {"name": "faithfulness", "coeff": 1.0},
                 {"name": "recon", "coeff": 1.0},
                 {"name": "stochastic_recon", "coeff": 1.0 if mode == "stochastic" else None},
-                {"name": "importance_minimality", "coeff": 1e-2},
+                {"name": "importance_minimality", "coeff": 1e-2, "params": importance},
             ],
             "lr": 1e-2,
             "steps": 4,
@@ -77,8 +97,8 @@ def main() -> None:
     first_masks: list[dict[str, Tensor]] = []
     draw_masks = loss_term.stochastic_masks
 
-    def recording_masks(ci: dict[str, Tensor]) -> dict[str, Tensor]:
-        masks = draw_masks(ci)
+    def recording_masks(ci: dict[str, Tensor], sampling: Sampling) -> dict[str, Tensor]:
+        masks = draw_masks(ci, sampling)
         if not first_masks:
             first_masks.append({name: m.detach().clone() for name, m in masks.items()})
         return masks
@@ -89,7 +109,8 @@ def main() -> None:
     def make_data(
         config: Config, target: nn.Module, device: torch.device, shard: DataShard
     ) -> tuple[Iterator[Tensor], Iterator[Tensor]]:
-        return global_batches(1, sliced=mode == "exact"), global_batches(2, sliced=mode == "exact")
+        sliced, mirrored = mode in ("exact", "options"), mode == "options"
+        return global_batches(1, sliced, mirrored), global_batches(2, sliced, mirrored)
 
     rank = distributed.rank_info()
     run = run_decomposition(

@@ -50,9 +50,14 @@ def only_run_dir(out_dir: Path) -> Path:
     return run_dir
 
 
-def test_two_ranks_on_half_batches_match_one_rank_on_full_batches(tmp_path: Path) -> None:
-    (single,) = run_worker(tmp_path / "one", "exact", ranks=1)
-    rank0, rank1 = run_worker(tmp_path / "two", "exact", ranks=2)
+@pytest.mark.parametrize("mode", ["exact", "options"])
+def test_two_ranks_on_half_batches_match_one_rank_on_full_batches(
+    tmp_path: Path, mode: str
+) -> None:
+    # `options`: importance minimality's frequency term (world_size inside its logarithm), the
+    # faithfulness warm-up and both gradient clips, on batches whose halves are equal.
+    (single,) = run_worker(tmp_path / "one", mode, ranks=1)
+    rank0, rank1 = run_worker(tmp_path / "two", mode, ranks=2)
     assert rank0["world_size"] == 2
     reference = flat_state(single)
     for saved in (rank0, rank1):
@@ -70,6 +75,10 @@ def test_two_ranks_on_half_batches_match_one_rank_on_full_batches(tmp_path: Path
             assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
     # The parameters really trained (the comparison is not between two untouched inits).
     assert two_rows[0]["train/grad_norm"] > 0
+    if mode == "options":
+        # dp_worker.OPTIONS clips both groups at 1e-3.
+        assert two_rows[0]["train/grad_norm_pre_clip/components"] > 1e-3
+        assert two_rows[0]["train/grad_norm_pre_clip/ci_fns"] > 1e-3
     assert {r["step"] for r in two_rows} == set(range(5))
 
 

@@ -28,7 +28,7 @@ from spd.errors import SPDUserError, one_line
 from spd.experiments.lm.config import LMTaskConfig
 from spd.experiments.lm.sources import find_local
 from spd.loading.targets import import_class
-from spd.models.tie_check import check_tied_weights
+from spd.models.tie_check import check_decomposition
 
 # The names transformers' model configs give the number of positions.
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
@@ -234,4 +234,4 @@ def _check_lm_sources(config: Config) -> None:
         check_tokenizer(tokenizer_dir, vocab if isinstance(vocab, int) else None)
     check_output_attr(config, model_class)
     if skeleton is not None:
-        check_tied_weights(skeleton, config)
+        check_decomposition(skeleton, config)

@@ -17,6 +17,7 @@ from spd.losses.term import (
 )
 from spd.models.component_model import ComponentModel
 from spd.models.components import EmbeddingComponents
+from spd.models.module_mask import MaskLike, as_module_mask
 
 
 class EmbeddingReconParams(SampledParams):
@@ -34,14 +35,15 @@ class EmbeddingReconParams(SampledParams):
 def embedding_recon_loss(
     model: ComponentModel,
     pre_acts: Mapping[str, Tensor],
-    masks: Mapping[str, Tensor],
+    masks: Mapping[str, MaskLike],
     unembed: bool,
 ) -> Tensor:
     """Masked embedding output against the original embedding, averaged over decomposed embeddings.
 
     By default the squared error summed over the embedding dimension, then averaged over tokens
     (as the original implementation: d_emb times a per-entry mean); with `unembed` both are
-    passed through the model's `lm_head` and compared with KL. `masks` are the term's own draws.
+    passed through the model's `lm_head` and compared with KL. `masks` are the term's own draws
+    (with the delta component's masks when the run uses it).
     """
     losses = []
     for name, comp in model.components.items():
@@ -49,7 +51,7 @@ def embedding_recon_loss(
             continue
         tokens = pre_acts[name]
         original = model.decomposed[name].original(tokens)
-        masked = comp(tokens, masks[name])
+        masked = model.decomposed[name].masked_forward(tokens, as_module_mask(masks[name]))
         if unembed:
             lm_head = model.target.get_submodule("lm_head")
             losses.append(output_divergence(lm_head(masked), lm_head(original), "kl"))

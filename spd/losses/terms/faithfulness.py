@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from spd.losses.inputs import LossInputs
+from spd.losses.precision import full_precision
 from spd.losses.term import LossTerm, Masks, NoParams, register_loss_term
 from spd.models.component_model import ComponentModel
 
@@ -20,7 +21,9 @@ def faithfulness_loss(model: ComponentModel) -> Tensor:
 
 
 def _compute(inputs: LossInputs, params: NoParams, masks: Masks) -> Tensor:
-    return faithfulness_loss(inputs.model)
+    # A parameter-space loss: float32 even under `autocast_bf16` (spd.losses.precision).
+    with full_precision(inputs.batch.device):
+        return faithfulness_loss(inputs.model)
 
 
 TERM = register_loss_term(LossTerm("faithfulness", NoParams, _compute))

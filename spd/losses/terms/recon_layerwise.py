@@ -10,13 +10,14 @@ from spd.losses.inputs import LossInputs
 from spd.losses.term import LossTerm, Masks, NoParams, register_loss_term
 from spd.losses.terms.recon import recon_loss
 from spd.models.component_model import ComponentModel
+from spd.models.module_mask import MaskLike
 
 
 def layerwise_recon_loss(
     model: ComponentModel,
     batch: Tensor,
     target_out: Tensor,
-    masks: Mapping[str, Tensor],
+    masks: Mapping[str, MaskLike],
     loss_type: OutputLossType,
 ) -> Tensor:
     """Mean over layers l of the divergence with only layer l replaced."""
