@@ -1,7 +1,7 @@
 """Measure optimisation speed and peak memory of registered experiments at their full batch size.
 
     python scripts/benchmark.py [--experiments tms_5-2,resid_mlp1] [--steps 300] [--device cuda]
-        [--ref GITREF] [--compile auto|on|off] [--json FILE]
+        [--ref GITREF] [--compile auto|on|off] [--override KEY=VALUE]... [--json FILE]
 
 By default it measures tms_5-2, tms_40-10, resid_mlp1, resid_mlp2, resid_mlp3 and the offline
 language-model example (lm_example_emb; build it first with
@@ -22,6 +22,12 @@ current code's measurement of it (so both see the same machine state), from a te
 `git worktree` of GITREF run with this interpreter and the worktree first on PYTHONPATH; the
 table then shows both side by side with their ratio. The measuring child is this file itself and
 uses only long-standing spd APIs, so it runs against older commits too.
+
+`--override KEY=VALUE` (repeatable; dotted keys, as `spd-run --override`) changes every measured
+experiment's config, e.g. `--override use_delta_component=true` or
+`--override losses.stochastic_recon_subset.coeff=1.0` (adds that loss term); an override that does
+not validate is one error line before anything is measured. The table's heading and the JSON name
+the overrides, and each measurement reports the overridden values as its config holds them.
 
 `--compile` sets the config's `compile` field where the code's Config has one (left at the
 config's value otherwise, and never set for code that lacks the field).
@@ -66,11 +72,16 @@ COMPILE_CHOICES = ("auto", "on", "off")
 
 
 def measure(
-    experiment: str, steps: int, device_name: str, compile_mode: str | None
+    experiment: str,
+    steps: int,
+    device_name: str,
+    compile_mode: str | None,
+    overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Run inside the child process: time `steps` optimisation steps and two evaluations.
 
-    Imports only spd APIs that older commits have too, so `--ref` can run it against them.
+    Imports only spd APIs that older commits have too, so `--ref` can run it against them
+    (overrides of fields an older commit lacks fail there as that commit's user error).
     """
     import spd
     from spd.config.device import resolve_device
@@ -83,7 +94,8 @@ def measure(
     from spd.train.optimize import optimize
 
     spec = get_experiment(experiment)
-    full = load_config(spec.config_path)
+    # Without overrides, the one-argument call that every commit supports.
+    full = load_config(spec.config_path, overrides) if overrides else load_config(spec.config_path)
     task = get_task(full.task_config.task_name)
     if task.prepare is not None:
         full = task.prepare(full)
@@ -142,6 +154,7 @@ def measure(
         "measured_steps": steps - 1,
         "threads": torch.get_num_threads(),
         "compile": getattr(config, "compile", None) if has_compile else None,
+        "overrides": {key: config_value(config, key) for key in overrides},
         "first_step_s": stamps[0] - start,
         "train_steps_per_s": train_rate,
         "fast_eval_s": fast_eval,
@@ -156,12 +169,37 @@ def measure(
     }
 
 
-def child_main(experiment: str, steps: int, device_name: str, compile_mode: str | None) -> None:
+def config_value(config: Any, dotted: str) -> Any:
+    """The value at an override's dotted key in the measured config (a part of the key selects
+    the entry of that name in a list, as overrides do), or None where the config has none."""
+    node: Any = config.model_dump(mode="json")
+    for part in dotted.split("."):
+        if isinstance(node, list):
+            node = next((e for e in node if isinstance(e, dict) and e.get("name") == part), None)
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """`--override KEY=VALUE` options as a dict, parsed as `spd-run` parses them."""
+    from spd.experiments.run_decomposition import parse_override
+
+    return dict(parse_override(text) for text in texts)
+
+
+def child_main(
+    experiment: str,
+    steps: int,
+    device_name: str,
+    compile_mode: str | None,
+    overrides: dict[str, Any],
+) -> None:
     """The child process: print the figures as one JSON line, or a user error as one line."""
     from spd.errors import SPDUserError
 
     try:
-        figures = measure(experiment, steps, device_name, compile_mode)
+        figures = measure(experiment, steps, device_name, compile_mode, overrides)
     except SPDUserError as err:
         print(err, file=sys.stderr)
         raise SystemExit(2) from None
@@ -228,6 +266,9 @@ def run_child(
     cmd += ["--steps", str(steps), "--device", args.device]
     if args.compile is not None:
         cmd += ["--compile", args.compile]
+    if args.overrides:
+        # Parsed here once; the child gets them as JSON, so it needs no parser of its own.
+        cmd += ["--child-overrides", json.dumps(args.overrides)]
     # Run from the tree, so that paths relative to the working directory (targets) are its own.
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -253,9 +294,9 @@ def _task_data(
     return task.make_data(config, target, device, data_shard(config))
 
 
-def check_experiments(names: list[str], out_root: Path) -> None:
-    """Fail before measuring anything on an unknown experiment or a missing language-model
-    example or hub resource (each is one `SPDUserError`)."""
+def check_experiments(names: list[str], out_root: Path, overrides: dict[str, Any]) -> None:
+    """Fail before measuring anything on an unknown experiment, an override that does not
+    validate, or a missing language-model example or hub resource (each is one `SPDUserError`)."""
     from spd.config.loading import load_config
     from spd.errors import SPDUserError
     from spd.experiments.registry import get_experiment
@@ -263,7 +304,7 @@ def check_experiments(names: list[str], out_root: Path) -> None:
 
     os.environ["SPD_OUT_DIR"] = str(out_root)
     for name in names:
-        config = load_config(get_experiment(name).config_path)
+        config = load_config(get_experiment(name).config_path, overrides)
         task = get_task(config.task_config.task_name)
         if task.prepare is not None:
             try:
@@ -373,24 +414,35 @@ def main() -> None:
         choices=COMPILE_CHOICES,
         help="set the config's `compile` field, where the code has one (default: the config's)",
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change every measured config (dotted key, as spd-run's --override); repeatable",
+    )
     parser.add_argument("--json", type=Path, help="save the raw figures to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(args.child, args.steps, args.device, args.compile)
+        overrides = json.loads(args.child_overrides)
+        child_main(args.child, args.steps, args.device, args.compile, overrides)
         return
+    args.overrides = parse_overrides(args.override)
     if args.steps is not None and args.steps < 2:
         raise SPDUserError(f"--steps {args.steps}: at least 2 (the first step is not measured)")
     if args.json is not None and not args.json.resolve().parent.is_dir():
         raise SPDUserError(f"--json {args.json}: its directory does not exist; create it first")
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     out_root = Path(os.environ.get("SPD_OUT_DIR") or "spd_out").expanduser().resolve()
-    check_experiments(names, out_root)
+    check_experiments(names, out_root, args.overrides)
     cuda = args.device != "cpu" and torch.cuda.is_available()
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if cuda else "CPU",
         "command": sys.argv,
+        "overrides": args.overrides,
         "new": {"commit": describe_tree(), "tree": str(TREE)},
         "results": {},
     }
@@ -419,9 +471,10 @@ def main() -> None:
     codes = f"new: {report['new']['commit']}"
     if "ref" in report:
         codes += f"; ref: {args.ref} ({report['ref']['commit'][:7]})"
+    changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in args.overrides.items()) or "none"
     print(
         f"torch {torch.__version__}, {report['device']}, "
-        f"{'/'.join(map(str, sorted(threads))) or '?'} threads; {codes}\n"
+        f"{'/'.join(map(str, sorted(threads))) or '?'} threads; {codes}; overrides: {changed}\n"
     )
     print(table(report["results"], "ref" in report, cuda))
     if failed:

@@ -24,8 +24,8 @@ from spd.analysis.accumulators import AccumulatorSettings, AnalysisAccumulator
 from spd.app.attribution import attribution_graph, ci_masks, masked_output
 from spd.app.intervention import token_intervention
 from spd.data.lm_data import load_tokenizer
-from spd.experiments.lm.task import prepare_target
 from spd.experiments.lm.make_offline_example import TEXT_COLUMN
+from spd.experiments.lm.task import prepare_target
 from spd.models.component_model import ComponentModel
 
 WHOLE = ["model.layers.*.self_attn.*_proj", "model.layers.*.mlp.*_proj"]

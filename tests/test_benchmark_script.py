@@ -119,3 +119,33 @@ def test_benchmark_bad_input_is_one_line(tmp_path: Path, args: list[str], named:
     assert proc.stderr.strip().count("\n") == 0
     assert named in proc.stderr
     assert proc.stdout == ""
+
+
+def test_benchmark_override_reaches_the_measured_config(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = run_benchmark(
+        tmp_path,
+        *["--experiments", "tms_5-2", "--steps", "2", "--json", str(out)],
+        *["--override", "sampling=binomial"],
+        *["--override", "losses.importance_minimality.coeff=0.25"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    expected = {"sampling": "binomial", "losses.importance_minimality.coeff": 0.25}
+    assert report["overrides"] == expected
+    # The values as the child's validated config holds them (the YAML file says continuous and
+    # 3e-3).
+    assert report["results"]["tms_5-2"]["new"]["overrides"] == expected
+    assert 'overrides: sampling="binomial", losses.importance_minimality.coeff=0.25' in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("sampling=sometimes", "'sampling'"), ("no_such_field=1", "'no_such_field'")],
+)
+def test_benchmark_bad_override_is_one_line(tmp_path: Path, override: str, named: str) -> None:
+    proc = run_benchmark(tmp_path, "--experiments", "tms_5-2", "--override", override)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert named in proc.stderr
+    assert proc.stdout == ""

@@ -9,10 +9,12 @@ under that mask, on the eval token batches. Reported per variant:
   target; 1: as bad as removing the decomposed layers' weights);
 plus `ce_kl/ce_target`. Next-token CE: the logits at position t predict the token at t + 1.
 
-Variants: `ci` (mask = CI), `stochastic` (g + (1 − g) r), `unmasked` (all ones), `random`
+Variants: `ci` (mask = CI), `stochastic` (g + (1 − g) r, drawn as the run's `sampling` says, with
+the delta component's mask where `use_delta_component` is on), `unmasked` (all ones), `random`
 (uniform r), `rounded` (CI > `rounding_threshold` → 1, else 0), `zero` (all zeros). The random
 draws come from a generator seeded with the run's seed and the step, so an evaluation is
-reproducible and does not disturb the training random stream.
+reproducible and does not disturb the training random stream; the `stochastic` variant draws
+module by module (its component mask, then its delta mask).
 """
 
 from collections.abc import Callable, Sequence
@@ -23,13 +25,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from spd.config.evaluators import register_metric
+from spd.config.schema import Sampling
 from spd.eval.context import EvalBatch, EvalContext
 from spd.losses.divergence import output_divergence
 from spd.models.component_model import ComponentModel
+from spd.models.module_mask import ModuleMask
 
 MASK_VARIANTS = ("ci", "stochastic", "unmasked", "random", "rounded", "zero")
 
-MaskFn = Callable[[Tensor], Tensor | None]
+MaskFn = Callable[[Tensor], Tensor | ModuleMask | None]
 
 
 def next_token_ce(
@@ -39,13 +43,37 @@ def next_token_ce(
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
-def _mask_functions(rounding_threshold: float, generator: torch.Generator) -> dict[str, MaskFn]:
+def _stochastic_mask_fn(
+    uniform: Callable[[Tensor], Tensor], sampling: Sampling, use_delta: bool
+) -> MaskFn:
+    """The `stochastic` variant: the law of the training masks (spd.losses.masks), drawn with
+    the metric's generator."""
+
+    def draw(g: Tensor) -> Tensor | ModuleMask:
+        r = uniform(g)
+        # The continuous mask keeps the expression it always had, so its values are unchanged.
+        if sampling == "continuous":
+            mask = g + (1 - g) * r
+        else:
+            mask = torch.where(r < 0.5, g, torch.ones_like(g))
+        if not use_delta:
+            return mask
+        r_delta = uniform(g[..., 0])
+        delta = r_delta if sampling == "continuous" else (r_delta < 0.5).to(g.dtype)
+        return ModuleMask(component=mask, delta=delta)
+
+    return draw
+
+
+def _mask_functions(
+    rounding_threshold: float, generator: torch.Generator, sampling: Sampling, use_delta: bool
+) -> dict[str, MaskFn]:
     def uniform(g: Tensor) -> Tensor:
         return torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
 
     return {
         "ci": lambda g: g,
-        "stochastic": lambda g: g + (1 - g) * uniform(g),
+        "stochastic": _stochastic_mask_fn(uniform, sampling, use_delta),
         "unmasked": lambda g: None,
         "random": uniform,
         "rounded": lambda g: (g > rounding_threshold).to(g.dtype),
@@ -58,9 +86,11 @@ def ce_kl_scores(
     batches: Sequence[EvalBatch],
     rounding_threshold: float,
     generator: torch.Generator,
+    sampling: Sampling,
+    use_delta: bool,
 ) -> dict[str, float]:
     """The metric's values (see the module docstring) over `batches`, each weighted equally."""
-    mask_fns = _mask_functions(rounding_threshold, generator)
+    mask_fns = _mask_functions(rounding_threshold, generator, sampling, use_delta)
     kl = {v: 0.0 for v in MASK_VARIANTS}
     ce = {v: 0.0 for v in MASK_VARIANTS}
     ce_target = 0.0
@@ -92,4 +122,12 @@ def ce_and_kl(ctx: EvalContext, rounding_threshold: float = 0.0) -> dict[str, fl
     """KL to the target, CE difference and CE unrecovered for the six mask variants (LMs only)."""
     device = ctx.batches[0].inputs.device
     generator = torch.Generator(device=device).manual_seed(ctx.config.seed * 1_000_003 + ctx.step)
-    return ce_kl_scores(ctx.model, ctx.batches, rounding_threshold, generator)
+    config = ctx.config
+    return ce_kl_scores(
+        ctx.model,
+        ctx.batches,
+        rounding_threshold,
+        generator,
+        config.sampling,
+        config.use_delta_component,
+    )

@@ -11,7 +11,10 @@ The estimate has two parts:
   (as their type declares, `spd.models.ci_fns`), and, for every forward pass that builds a graph
   (each stochastic mask sample, each layer-wise pass), the outputs of every linear layer of the
   target, its attention probabilities, and the output the loss compares (twice more for a KL
-  loss: the log-softmaxes).
+  loss: the log-softmaxes). With `use_delta_component`, each such pass also forms, per decomposed
+  matrix, Δ = W − V U (d_in × d_out, kept for the backward pass, and its gradient: not per row, so
+  outside the overhead factor; an embedding forms only its tokens' rows) and, per row, Δ x and the
+  delta mask m_Δ (d_out + 1 elements).
   `ACTIVATION_OVERHEAD` covers what autograd keeps besides those (masks, norms, element-wise
   intermediates); it was fitted on tms_5-2, resid_mlp1 and the offline LM example (docs/memory.md,
   measured with scripts/measure_memory.py). On the CPU a fixed `CPU_RUNTIME_BYTES` is added.
@@ -142,6 +145,14 @@ def _graph_passes(config: Config, n_layers: int) -> int:
     return passes + (n_layers if "recon_layerwise" in coeffs else 0)
 
 
+def _delta_elements(layers: dict[str, LayerShape], use_delta: bool) -> tuple[int, int]:
+    """(per graph pass, per row of one pass): what the delta component adds, where it is on."""
+    if not use_delta:
+        return 0, 0
+    matrices = sum(2 * s.d_in * s.d_out for s in layers.values() if not s.token_input)
+    return matrices, sum(s.d_out + 1 for s in layers.values())
+
+
 def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     """Memory one training step of `config` on `target` adds to the process (see module doc)."""
     module_C = config_module_C(target, config)
@@ -160,9 +171,11 @@ def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     ci_units = ci_type.activation_elements(layers, hidden, ci_params)
     graph_passes = _graph_passes(config, len(layers))
     output = _output_width(target)
+    delta_per_pass, delta_per_row = _delta_elements(layers, config.use_delta_component)
     per_pass = (
         _layer_outputs_per_row(target)
         + sum(s.d_in + s.C + s.d_out for s in layers.values())
+        + delta_per_row
         + _attention_per_token(target, seq_len)
         + output * (3 if config.output_loss_type == "kl" else 1)
     )
@@ -171,7 +184,8 @@ def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     eval_rows = config.eval_batch_size
     # Evaluation runs without a graph; its largest tensors are a few copies of the output.
     eval_per_row = seq_len * (_layer_outputs_per_row(target) + 4 * output + ci_units)
-    activations = max(rows * per_row * ACTIVATION_OVERHEAD, eval_rows * eval_per_row)
+    train = rows * per_row * ACTIVATION_OVERHEAD + graph_passes * delta_per_pass
+    activations = max(train, eval_rows * eval_per_row)
     runtime = CPU_RUNTIME_BYTES if device.type == "cpu" else 0
     return int(FLOAT_BYTES * (PARAMETER_COPIES * parameters + activations)) + runtime
 
