@@ -7,23 +7,19 @@ x V diag(m) U = [2, 1.5] in the masked pass and x in the target's, so its square
 1² + 0.5² = 1.25 over 2 elements. The term is 1.25 / 4 (both modules' inputs: 4 elements).
 """
 
-from typing import Any
-
 import pytest
 import torch
 from torch import Tensor
 
-from spd.config.schema import Config
 from spd.eval import metrics
 from spd.eval.context import EvalContext
 from spd.eval.evaluate import evaluate
-from spd.experiments.tms.task import TMSTaskConfig
 from spd.losses.inputs import LossInputs
 from spd.losses.term import SampledParams
 from spd.losses.terms.hidden_act_recon import TERM, hidden_act_errors
 from spd.models.component_model import ComponentModel
 from spd.models.module_mask import ModuleMask
-from tests.toy_targets import TwoLinear
+from tests.toy_targets import TwoLinear, two_linear_config
 
 X = torch.tensor([[1.0, 1.0]])
 MASKS = {
@@ -55,17 +51,6 @@ def _inputs(model: ComponentModel, pre_acts: dict[str, Tensor]) -> LossInputs:
         pnorm=1.0,
         rows=None,
     )
-
-
-def _config(**fields: Any) -> Config:
-    base: dict[str, Any] = {
-        "C": 2,
-        "target_module_patterns": ["fc1", "fc2"],
-        "pretrained_model_class": "tests.toy_targets.TwoLinear",
-        "pretrained_model_path": "unused",
-        "task_config": TMSTaskConfig(),
-    }
-    return Config(**{**base, **fields})
 
 
 def test_exact_components_with_masks_all_one_reconstruct_every_input() -> None:
@@ -102,7 +87,7 @@ def test_the_term_has_gradients_for_the_components() -> None:
 def test_the_metric_reports_each_module_and_the_total(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model(torch.diag(torch.tensor([2.0, 3.0])))
     monkeypatch.setattr(metrics, "_stochastic_module_masks", lambda ci, config: MASKS)
-    ctx = EvalContext(model, _config(), [X], step=0)
+    ctx = EvalContext(model, two_linear_config(), [X], step=0)
     assert metrics.hidden_act_recon(ctx) == pytest.approx(
         {
             "hidden_act_recon/fc1": 0.0,
@@ -114,7 +99,7 @@ def test_the_metric_reports_each_module_and_the_total(monkeypatch: pytest.Monkey
 
 def test_the_metric_leaves_the_random_state_alone() -> None:
     model = _model(torch.diag(torch.tensor([2.0, 3.0])))
-    config = _config(metrics=[{"name": "hidden_act_recon"}])
+    config = two_linear_config(metrics=[{"name": "hidden_act_recon"}])
     torch.manual_seed(0)
     results, _ = evaluate(model, config, [X.repeat(4, 1)], step=0, include_slow=False)
     after = torch.rand(3)

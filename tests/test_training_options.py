@@ -14,7 +14,7 @@ from torch import Tensor
 
 from spd.config.schema import Config
 from spd.errors import SPDUserError
-from spd.experiments.tms.task import TMSTaskConfig, make_data
+from spd.experiments.tms.task import make_data
 from spd.loading.targets import load_target_model
 from spd.losses.batch import batch_loss
 from spd.losses.inputs import LossInputs
@@ -34,7 +34,7 @@ from spd.train.step import clip_gradients
 from spd.train.warmup import component_parameters, faithfulness_warmup
 from tests.recording_sink import RecordingSink
 from tests.resumable_runs import tiny_config
-from tests.toy_targets import TwoLinear
+from tests.toy_targets import TwoLinear, two_linear_config
 
 X = torch.tensor([[1.0, 1.0], [0.5, -1.0]])
 CI_UPPER = {
@@ -44,15 +44,7 @@ CI_UPPER = {
 
 
 def _config(**fields: Any) -> Config:
-    base: dict[str, Any] = {
-        "C": 2,
-        "target_module_patterns": ["fc1", "fc2"],
-        "pretrained_model_class": "tests.toy_targets.TwoLinear",
-        "pretrained_model_path": "unused",
-        "task_config": TMSTaskConfig(),
-        "losses": [{"name": "faithfulness", "coeff": 1.0}],
-    }
-    return Config(**{**base, **fields})
+    return two_linear_config(**{"losses": [{"name": "faithfulness", "coeff": 1.0}], **fields})
 
 
 def _model(config: Config) -> ComponentModel:

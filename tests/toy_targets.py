@@ -1,8 +1,13 @@
 """Tiny target models whose outputs are easy to compute by hand."""
 
+from typing import Any
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+
+from spd.config.schema import Config
+from spd.experiments.tms.task import TMSTaskConfig
 
 
 class TwoLinear(nn.Module):
@@ -31,3 +36,16 @@ class TinyLM(nn.Module):
 
     def forward(self, tokens: Int[Tensor, "..."]) -> Float[Tensor, "... vocab"]:
         return self.lm_head(self.embed(tokens))
+
+
+def two_linear_config(**fields: Any) -> Config:
+    """A decomposition config of `TwoLinear` (C 2, both layers), `fields` changed; the target is
+    built in the test, so its path is unused."""
+    base: dict[str, Any] = {
+        "C": 2,
+        "target_module_patterns": ["fc1", "fc2"],
+        "pretrained_model_class": "tests.toy_targets.TwoLinear",
+        "pretrained_model_path": "unused",
+        "task_config": TMSTaskConfig(),
+    }
+    return Config(**{**base, **fields})
