@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Extra spd-run options for run-tms, e.g. make run-tms ARGS="--override steps=2000"
 ARGS ?=
 
-.PHONY: install install-dev check format type test test-all run-tms bench gpu-wheels clean-venv
+.PHONY: install install-dev check format type test test-all run-tms pretrain-llama bench gpu-wheels clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ test-all: install-dev  ## everything, including the slow full-length experiments
 
 run-tms: install  ## the main job: decompose tms_5-2 here, print the run directory and MMCS/ML2R (ARGS: more spd-run options)
 	$(BIN)/spd-run --experiments tms_5-2 --local $(ARGS)
+
+# The whole-model target: ss_llama_simple_mlp-$(LAYERS)L (LAYERS 1 or 2), pretrained on the offline
+# story corpus (built first when missing) into <output root>/pretrain/<name>/model.
+LAYERS ?= 2
+pretrain-llama: install  ## pretrain the 2-layer Llama target on the offline corpus (LAYERS=1: the 1-layer one)
+	@[ -d "$${SPD_OUT_DIR:-spd_out}/lm_offline_example" ] || $(BIN)/python spd/experiments/lm/make_offline_example.py
+	$(BIN)/spd-pretrain spd/experiments/lm/pretrain/ss_llama_simple_mlp-$(LAYERS)L.yaml $(ARGS)
 
 bench: install  ## steps/s and peak memory of the toy experiments and the LM example (see docs/benchmarks.md; ARGS: e.g. --ref COMMIT)
 	$(BIN)/python scripts/benchmark.py $(ARGS)

@@ -448,6 +448,8 @@ def argument_cases(rng: random.Random) -> Iterator[FuzzCase]:
         ("dp zero", ["--experiments", "tms_5-2", "--local", "--dp", "0"]),
         ("dp not a number", ["--experiments", "tms_5-2", "--local", "--dp", "two"]),
         ("n-agents zero", ["--experiments", "tms_5-2", "--local", "--n-agents", "0"]),
+        ("nodes zero", ["--experiments", "tms_5-2", "--nodes", "0"]),
+        ("several nodes here", ["--experiments", "tms_5-2", "--local", "--nodes", "2"]),
         ("bad job suffix", ["--experiments", "tms_5-2", "--local", "--job-suffix", "a b/c"]),
         (
             "missing sweep file",
@@ -755,6 +757,7 @@ def option_cases(rng: random.Random) -> Iterator[FuzzCase]:
     spd_run = {
         "--dp": ["-1", "x"],
         "--n-agents": ["-3", "x"],
+        "--nodes": ["-1", "x"],
         "--time-minutes": ["0", "-5", "x"],
     }
     for option, values in spd_run.items():

@@ -58,7 +58,8 @@ def tms_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def page() -> Iterator["Page"]:
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        # Wide enough for the planted run's whole graph: a screenshot then shows every label.
+        page = browser.new_page(viewport={"width": 1700, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         yield page

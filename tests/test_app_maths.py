@@ -4,10 +4,13 @@ interventions against direct masked forward passes."""
 import pytest
 import torch
 from jaxtyping import Float
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerFast
 
 from spd.app.attribution import attribution_graph, ci_masks
 from spd.app.intervention import edited_masks, token_intervention
+from spd.app.runs import token_labels
 from spd.models.component_model import ComponentModel
 
 SEQ, D, H, C = 3, 3, 4, 5
@@ -107,3 +110,25 @@ def test_ablating_a_node_is_the_masked_forward_without_it(model: ComponentModel)
         target = torch.softmax(target_out[0, position], dim=-1)
         kl = float((target * (target.log() - torch.log_softmax(before[0, position], -1))).sum())
         assert result.kl_before[position] == pytest.approx(kl)
+
+
+def _one_id(value: int | list[int]) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def test_a_token_inside_a_multibyte_character_is_labelled_by_its_vocabulary_entry() -> None:
+    # A real byte-level BPE: its alphabet has every byte, so the lead byte of "é" is a token.
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(["the café is open", "a dog"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    # "é" is the bytes C3 A9, the byte-level tokens "Ã" and "©".
+    lead, cont, dog = (_one_id(tokenizer.convert_tokens_to_ids(t)) for t in ("Ã", "©", "d"))
+    assert tokenizer.decode([lead]) == "\ufffd" == tokenizer.decode([cont])
+    labels = token_labels(tokenizer, [lead, cont, dog])
+    assert labels == ["⟨Ã⟩", "⟨©⟩", "d"]

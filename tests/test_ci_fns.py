@@ -81,7 +81,13 @@ ALL_TYPES = CI_FNS.names()
 
 
 def test_the_builtin_types_are_registered() -> None:
-    assert {"mlp", "vector_mlp"} <= set(ALL_TYPES)
+    assert {
+        "mlp",
+        "vector_mlp",
+        "shared_mlp",
+        "global_shared_mlp",
+        "global_shared_transformer",
+    } <= set(ALL_TYPES)
 
 
 @pytest.mark.parametrize("hidden_dims", HIDDEN_DIMS, ids=HIDDEN_IDS)
@@ -210,7 +216,11 @@ class _ConcatLinearType(CIFunctionType[_ConcatParams]):
         return (d_in + 1) * C_total
 
     def activation_elements(
-        self, layers: Mapping[str, LayerShape], hidden_dims: Sequence[int], params: _ConcatParams
+        self,
+        layers: Mapping[str, LayerShape],
+        hidden_dims: Sequence[int],
+        params: _ConcatParams,
+        seq_len: int = 1,
     ) -> int:
         return sum(s.d_in + s.C for s in layers.values())
 
@@ -264,7 +274,9 @@ def test_params_for_a_type_without_any_are_refused() -> None:
 
 def test_an_unknown_type_lists_the_registered_ones() -> None:
     with pytest.raises(
-        SPDUserError, match=r"ci_fn_type.*'transformer'.*available: mlp, vector_mlp"
+        SPDUserError,
+        match=r"ci_fn_type.*'transformer'.*available: global_shared_mlp, "
+        r"global_shared_transformer, mlp, shared_mlp, vector_mlp",
     ):
         config_from_dict(read_yaml(TMS_5_2_CONFIG) | {"ci_fn_type": "transformer"})
 

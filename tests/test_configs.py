@@ -11,6 +11,8 @@ from spd.config.loading import apply_overrides, load_config, read_yaml
 from spd.config.schema import Config, config_blocks
 from spd.config.task_registry import TASKS
 from spd.errors import SPDUserError
+from spd.experiments.lm.pretrain.config import PretrainConfig, PretrainDataConfig
+from spd.experiments.lm.target_models import GPT2LMConfig, LlamaLMConfig
 from spd.experiments.resid_mlp.models import ResidMLPModelConfig
 from spd.experiments.resid_mlp.train_resid_mlp import ResidMLPTrainConfig
 from spd.experiments.tms.models import TMSModelConfig
@@ -245,6 +247,10 @@ def test_every_config_field_has_a_description() -> None:
         "tms model": TMSModelConfig,
         "resid_mlp train": ResidMLPTrainConfig,
         "resid_mlp model": ResidMLPModelConfig,
+        "lm pretrain": PretrainConfig,
+        "lm pretrain data": PretrainDataConfig,
+        "lm llama model": LlamaLMConfig,
+        "lm gpt2 model": GPT2LMConfig,
     }
     missing = [
         f"{where}.{name}"

@@ -58,6 +58,8 @@ make() {{ not_run "make $* ({NOT_RUN["make"]})"; }}
 spd-analyze() {{ not_run "spd-analyze: {NOT_RUN["spd-analyze"]}"; }}
 spd-browse() {{ not_run "spd-browse: {NOT_RUN["spd-browse"]}"; }}
 spd-app() {{ not_run "spd-app: {NOT_RUN["spd-app"]}"; }}
+# Pretraining for real, shortened: 20 steps and one eval batch.
+spd-pretrain() {{ command spd-pretrain "$@" --override steps=20 --override n_eval_batches=1 --no-progress; }}
 spd-run() {{
   case " $* " in
     *" --resume "*) not_run "spd-run $* (resuming needs a stopped run: tests/test_resume.py)";;

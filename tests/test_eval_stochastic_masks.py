@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from spd.config.schema import Sampling
-from spd.eval.lm_metrics import _mask_functions  # pyright: ignore[reportPrivateUsage]
+from spd.eval.lm_metrics import mask_functions
 from spd.models.module_mask import ModuleMask
 
 # Two positions, three subcomponents: CI 0, 1/2 and 1.
@@ -18,7 +18,7 @@ SEED = 7
 def _draw(sampling: Sampling, use_delta: bool) -> tuple[Tensor | ModuleMask | None, Tensor]:
     """The stochastic mask of CI, and the `random` variant drawn right after it."""
     generator = torch.Generator().manual_seed(SEED)
-    fns = _mask_functions(0.0, generator, sampling, use_delta)
+    fns = mask_functions(0.0, generator, sampling, use_delta)
     stochastic = fns["stochastic"](CI)
     random = fns["random"](CI)
     assert isinstance(random, Tensor)

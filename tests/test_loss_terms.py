@@ -50,6 +50,20 @@ PARAM_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {
         {"router": {"type": "all"}},
         {"router": {"type": "uniform_k_subset"}},
     ),
+    "pgd_recon": ({"n_steps": 1, "step_size": 0.1}, {"n_steps": 3, "step_size": 0.5}),
+    "pgd_recon_subset": (
+        {"router": {"type": "all"}},
+        {"router": {"type": "static_probability", "p": 0.5}},
+    ),
+    "pgd_recon_layerwise": (
+        {"init": "ones", "step_size": 0.5},
+        {"init": "zeroes", "step_size": 0.5},
+    ),
+    "persistent_pgd_recon": ({"init": "zeroes"}, {"init": "random"}),
+    "persistent_pgd_recon_subset": (
+        {"router": {"type": "all"}, "init": "zeroes"},
+        {"router": {"type": "all"}, "init": "random"},
+    ),
 }
 
 

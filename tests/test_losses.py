@@ -7,6 +7,7 @@ The hand model (`hand_model`) is `TwoLinear` (out = fc2(fc1(x)) = x + b, b = [0.
 """
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from spd.config.schema import Config
 from spd.errors import SPDUserError
 from spd.experiments.tms.models import TMSModel
 from spd.experiments.tms.task import TMSTaskConfig
-from spd.losses.batch import batch_loss
+from spd.losses.batch import batch_loss, fresh_states, prepare_states
 from spd.losses.divergence import output_divergence
 from spd.losses.inputs import LossInputs
 from spd.losses.masks import stochastic_masks
@@ -526,6 +527,9 @@ def test_each_term_alone_is_the_whole_loss_times_its_coefficient(
     pre_acts, ci, ci_upper = _ci(hand_model)
     config = _config({name: 0.5})
     inputs = _inputs(hand_model, X, TARGET_OUT, pre_acts, ci, ci_upper)
+    # A stateful term (persistent PGD) reads its state from the inputs, as in a training step.
+    inputs = replace(inputs, states=fresh_states(config, X))
+    prepare_states(inputs)
     total, terms = total_loss(inputs, configured_terms(config))
     assert list(terms) == [name]
     assert total.item() == pytest.approx(0.5 * terms[name].item(), rel=1e-6)

@@ -80,6 +80,22 @@ def test_the_tms_fixture_means_our_tms_5_2_config(
         assert sum(f"key: {key}" in w for w in warnings) == 1, key
 
 
+def test_the_tms_fixture_on_our_own_tms_target_ties_as_the_original_did(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # This project's TMS targets are always tied; the original's shipped tms_5-2 target was too.
+    ours = EXPERIMENTS / "tms" / "targets" / "tms_5-2"
+    capsys.readouterr()
+    translated = load_run_config(_copy(TMS_LATER, tmp_path), {"pretrained_model_path": str(ours)})
+    assert translated.tied_weights == [("linear1", "linear2")]
+    assert sum("always tied" in w for w in _warnings(capsys.readouterr().err)) == 1
+    # A config in this project's format without the key is untied: nothing is added.
+    settings = load_config(EXPERIMENTS / "tms" / "tms_5_2_config.yaml").model_dump(mode="json")
+    del settings["tied_weights"]
+    plain = _write(tmp_path / "plain.yaml", settings | {"pretrained_model_path": str(ours)})
+    assert load_run_config(plain).tied_weights is None
+
+
 def test_the_resid_mlp_fixture_means_our_resid_mlp1_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -298,9 +314,13 @@ def test_keys_both_formats_share_pass_through_without_a_warning(
     [
         ({"image_freq": 10}, "original-format key 'image_freq' has no translation"),
         (
-            {"loss_metric_configs": [{"classname": "PGDReconLoss", "coeff": 1.0, "n_steps": 1}]},
-            r"loss_metric_configs\[0\] \(PGDReconLoss\): adversarial \(PGD\) losses are not "
-            "supported here yet",
+            {
+                "loss_metric_configs": [
+                    {"classname": "PersistentPGDReconLoss", "coeff": 1.0, "n_steps": 1}
+                ]
+            },
+            r"loss_metric_configs\[0\] \(PersistentPGDReconLoss\): loss term "
+            "'persistent_pgd_recon' has no parameter 'n_steps'",
         ),
         (
             {"loss_metric_configs": [{"classname": "UnknownLoss", "coeff": 1.0}]},
@@ -323,8 +343,8 @@ def test_keys_both_formats_share_pass_through_without_a_warning(
             "loss term 'faithfulness' has no parameter 'scale'",
         ),
         (
-            {"ci_fn_type": "shared_mlp", "identity_module_info": None},
-            "ci_fn_type 'shared_mlp' is not supported here yet",
+            {"ci_fn_type": "made_up_mlp", "identity_module_info": None},
+            "ci_fn_type 'made_up_mlp' is not supported here yet",
         ),
         (
             {"ci_config": {"mode": "global", "fn_type": "global_shared_mlp"}},

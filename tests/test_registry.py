@@ -38,5 +38,5 @@ def test_network_needs_match_the_config(name: str) -> None:
     spec = get_experiment(name)
     hub_model = load_config(spec.config_path).pretrained_model_name_hf
     assert spec.needs_network == (
-        hub_model is not None and not hub_model.startswith("lm_offline_example/")
+        hub_model is not None and not hub_model.startswith(("lm_offline_example/", "pretrain/"))
     )

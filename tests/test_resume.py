@@ -15,7 +15,12 @@ from spd.data.stream_state import TrackedStream
 from spd.errors import SPDUserError
 from spd.loading.targets import load_target_model
 from spd.models.component_model import ComponentModel, build_component_model
-from spd.persistence.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
+from spd.persistence.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from spd.persistence.rng_state import capture_rng_state, restore_rng_state
 from spd.persistence.run_dir import RunDirectory, read_metrics
 from tests.resumable_runs import assert_bitwise_equal, decomposition_tensors, run, tiny_config
@@ -144,6 +149,65 @@ def test_resume_with_delta_and_a_routed_term_is_bitwise_identical(
     rows = read_metrics(straight.path)
     assert read_metrics(run_dir.path) == rows
     assert any("train/loss/stochastic_recon_subset" in row for row in rows)
+
+
+def _same(a: object, b: object) -> bool:
+    """Nested checkpoint entries equal, tensors bit for bit."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"type": "sign", "step_size": 0.05},
+        {"type": "adam", "lr": 0.1, "lr_schedule": "cosine", "lr_warmup_pct": 0.1},
+    ],
+    ids=["sign", "adam"],
+)
+def test_resume_with_persistent_pgd_is_bitwise_identical(
+    tmp_path: Path, device: torch.device, optimizer: dict[str, object]
+) -> None:
+    # The sources and their optimiser's state persist across steps: a checkpoint must hold them.
+    # Gradient accumulation (the sources step once per step) and a warm-up ascent step included.
+    params = {
+        "optimizer": optimizer,
+        "scope": {"type": "repeat_across_batch", "n_sources": 8},
+        "n_warmup_steps": 1,
+    }
+    config = tiny_config(
+        device=str(device),
+        steps=40,
+        save_freq=10,
+        gradient_accumulation_steps=2,
+        use_delta_component=True,
+        **{
+            "losses.persistent_pgd_recon_subset.coeff": 0.5,
+            "losses.persistent_pgd_recon_subset.params": params,
+        },
+    )
+    straight = RunDirectory.create(tmp_path, "straight")
+    run(config, straight)
+    run_dir = RunDirectory.create(tmp_path, "resumed")
+    assert run(config, run_dir, stop_after=19).stopped_at == 20
+    run(config, run_dir, resume_from=latest_checkpoint(run_dir.path))
+    assert_bitwise_equal(
+        decomposition_tensors(checkpoint_path(run_dir, 40)),
+        decomposition_tensors(checkpoint_path(straight, 40)),
+    )
+    states = {
+        step: read_checkpoint(checkpoint_path(run_dir, step))["term_states"] for step in (20, 40)
+    }
+    assert _same(states[40], read_checkpoint(checkpoint_path(straight, 40))["term_states"])
+    assert not _same(states[20], states[40])  # the sources did move in the resumed half
+    rows = read_metrics(straight.path)
+    assert read_metrics(run_dir.path) == rows
+    assert any("train/loss/persistent_pgd_recon_subset" in row for row in rows)
 
 
 @pytest.mark.parametrize(

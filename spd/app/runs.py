@@ -9,6 +9,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -121,8 +122,17 @@ class LoadedRun:
         """How each token id reads (an LM's vocabulary; a toy's output index as `out<i>`)."""
         if self.kind != "tokens":
             return [f"out{i}" for i in ids]
-        decode = self.tokenizer().decode  # pyright: ignore[reportAttributeAccessIssue]
-        return [str(decode([i])) for i in ids]
+        return token_labels(self.tokenizer(), ids)
+
+
+def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token id as text; a token that is part of a multi-byte character (it decodes alone to
+    U+FFFD) as its vocabulary entry in ⟨⟩, so that two such tokens stay distinguishable."""
+    texts = [str(tokenizer.decode([i])) for i in ids]
+    return [
+        f"⟨{tokenizer.convert_ids_to_tokens(i)}⟩" if "\ufffd" in text else text
+        for text, i in zip(texts, ids, strict=True)
+    ]
 
 
 def load_run(path: Path) -> LoadedRun:

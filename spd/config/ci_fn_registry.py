@@ -33,5 +33,12 @@ class CIFunctionSpec(Protocol):
 
 
 CI_FNS: PluginRegistry[CIFunctionSpec] = PluginRegistry(
-    "CI-function type", ("spd.models.ci_fns.mlp", "spd.models.ci_fns.vector_mlp")
+    "CI-function type",
+    (
+        "spd.models.ci_fns.mlp",
+        "spd.models.ci_fns.vector_mlp",
+        "spd.models.ci_fns.shared_mlp",
+        "spd.models.ci_fns.global_shared_mlp",
+        "spd.models.ci_fns.global_shared_transformer",
+    ),
 )

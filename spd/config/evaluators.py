@@ -36,6 +36,9 @@ BUILTIN_MODULES = (
     "spd.eval.metrics",
     "spd.eval.figures",
     "spd.eval.lm_metrics",
+    "spd.eval.pgd_metrics",
+    "spd.eval.group_ce_kl",
+    "spd.eval.group_ci_l0",
     "spd.experiments.resid_mlp.plots",
 )
 

@@ -68,6 +68,11 @@ LOSS_TERMS: LossTermRegistry[LossTermPlugin] = LossTermRegistry(
         "spd.losses.terms.hidden_act_recon",
         "spd.losses.terms.stochastic_recon_subset",
         "spd.losses.terms.ci_masked_recon_subset",
+        "spd.losses.terms.pgd_recon",
+        "spd.losses.terms.pgd_recon_subset",
+        "spd.losses.terms.pgd_recon_layerwise",
+        "spd.losses.terms.persistent_pgd_recon",
+        "spd.losses.terms.persistent_pgd_recon_subset",
     ),
 )
 

@@ -10,8 +10,10 @@ docs/original_configs.md lists the mapping; rows marked "assumed" there are our 
 
 from typing import Any
 
+from spd.config.evaluators import validate_specs
 from spd.config.loss_registry import LOSS_TERMS, validated_params
 from spd.config.original_format import EVAL_METRIC_CLASSES, Spec
+from spd.config.original_persistent_pgd import PERSISTENT_PGD_CLASSES, persistent_pgd_params
 from spd.errors import SPDUserError
 
 LOSS_CLASSES = {
@@ -24,18 +26,21 @@ LOSS_CLASSES = {
     "CIMaskedReconSubsetLoss": "ci_masked_recon_subset",
     "StochasticHiddenActsReconLoss": "hidden_act_recon",
     "ImportanceMinimalityLoss": "importance_minimality",
+    "PGDReconLoss": "pgd_recon",
+    "PGDReconSubsetLoss": "pgd_recon_subset",
+    "PGDReconLayerwiseLoss": "pgd_recon_layerwise",
+    **PERSISTENT_PGD_CLASSES,
 }
-# The original's adversarial loss classes (assumed names): no adversarial terms here yet.
-PGD_LOSS_CLASSES = frozenset(
-    {
-        "PGDReconLoss",
-        "PGDReconSubsetLoss",
-        "PGDReconLayerwiseLoss",
-        "PersistentPGDReconLoss",
-        "PersistentPGDReconSubsetLoss",
-    }
-)
-PARAM_RENAMES = {"routing": "router"}
+# The fresh PGD classes (and the multi-batch one) as eval blocks: the metric of the same attack
+# on the eval batches (assumed names).
+PGD_METRIC_CLASSES = {
+    "PGDReconLoss": "pgd_recon",
+    "PGDReconSubsetLoss": "pgd_recon_subset",
+    "PGDReconLayerwiseLoss": "pgd_recon_layerwise",
+    "PGDMultiBatchReconLoss": "pgd_recon_multibatch",
+}
+# `mask_scope`: the (assumed) older key of the fresh PGD terms' `scope`.
+PARAM_RENAMES = {"routing": "router", "mask_scope": "scope"}
 # importance_minimality's ε is fixed here (spd.losses.terms.importance_minimality.IMPORTANCE_EPS;
 # the config stage cannot import it): a block may state this value, no other.
 FIXED_IMPORTANCE_EPS = 1e-12
@@ -48,11 +53,6 @@ def _block(entry: Any, where: str) -> dict[str, Any]:
 
 
 def _loss_term(classname: str, where: str) -> str:
-    if classname in PGD_LOSS_CLASSES:
-        raise SPDUserError(
-            f"{where}: adversarial (PGD) losses are not supported here yet; remove the block "
-            "(docs/original_configs.md)"
-        )
     name = LOSS_CLASSES.get(classname)
     if name is None:
         raise SPDUserError(
@@ -66,6 +66,8 @@ def _loss_params(name: str, block: dict[str, Any], where: str) -> dict[str, Any]
     params = {
         PARAM_RENAMES.get(k, k): v for k, v in block.items() if k not in ("classname", "coeff")
     }
+    if name in PERSISTENT_PGD_CLASSES.values():
+        params = persistent_pgd_params(params, where)
     fields = LOSS_TERMS.get(name).params.model_fields
     fixed_eps = name == "importance_minimality" and "eps" not in fields
     if fixed_eps and params.pop("eps", FIXED_IMPORTANCE_EPS) != FIXED_IMPORTANCE_EPS:
@@ -108,6 +110,20 @@ def translate_loss_blocks(entries: Any, n_mask_samples: Any) -> list[Spec]:
     return sorted(specs.values(), key=lambda spec: order.index(spec["name"]))
 
 
+def _pgd_metric(name: str, block: dict[str, Any], where: str) -> Spec:
+    """A PGD block of `eval_metric_configs` as the metric `name` (a `coeff` is dropped)."""
+    params = {
+        PARAM_RENAMES.get(k, k): v
+        for k, v in block.items()
+        if k not in ("classname", "coeff") and v is not None
+    }
+    try:
+        validate_specs([(name, params)], kind="metric")
+    except ValueError as err:
+        raise SPDUserError(f"{where}: {err}") from None
+    return {"name": name, "params": params}
+
+
 def translate_eval_blocks(entries: Any) -> tuple[list[Spec], list[Spec]]:
     """`metrics:` and `figures:` entries for `eval_metric_configs`.
 
@@ -122,7 +138,10 @@ def translate_eval_blocks(entries: Any) -> tuple[list[Spec], list[Spec]]:
         block = _block(entry, f"eval_metric_configs[{index}]")
         classname = block["classname"]
         where = f"eval_metric_configs[{index}] ({classname})"
-        if classname in LOSS_CLASSES or classname in PGD_LOSS_CLASSES:
+        if classname in PGD_METRIC_CLASSES:
+            metrics.append(_pgd_metric(PGD_METRIC_CLASSES[classname], block, where))
+            continue
+        if classname in LOSS_CLASSES:
             raise SPDUserError(
                 f"{where}: loss terms are not evaluated on eval batches here (training logs them "
                 "as train/loss/<name>); remove the block"

@@ -230,14 +230,17 @@ class Config(StrictModel):
         default="mlp",
         description=(
             "CI-function type (spd/models/ci_fns/): mlp (one small MLP per subcomponent on its "
-            "scalar inner activation) or vector_mlp (one per subcomponent on the layer's whole "
-            "input); formerly gate_type"
+            "scalar inner activation), vector_mlp (one per subcomponent on the layer's whole "
+            "input), shared_mlp (one per layer, input to all its C), global_shared_mlp (one MLP "
+            "over every layer's input) or global_shared_transformer (one transformer over every "
+            "layer's input, attending over the sequence); formerly gate_type"
         ),
     )
     ci_fn_hidden_dims: list[PositiveInt] = Field(
         default_factory=lambda: [16],
         description=(
-            "Hidden widths of each CI function's MLP (GELU between layers); formerly "
+            "Hidden widths of each CI function's MLP (GELU between layers; the "
+            "global_shared_transformer takes its widths from ci_fn_params instead); formerly "
             "gate_hidden_dims"
         ),
     )
@@ -245,7 +248,8 @@ class Config(StrictModel):
         default_factory=dict,
         validate_default=True,  # a type's own defaults are filled in
         description="Parameters of the CI-function type itself, checked against the type's own "
-        "parameters ({} for mlp and vector_mlp)",
+        "parameters ({} for all but global_shared_transformer: d_model, n_blocks, n_heads, "
+        "mlp_hidden, rope_theta)",
     )
     sigmoid_type: SigmoidType = Field(
         default="leaky_hard",
@@ -558,6 +562,14 @@ class Config(StrictModel):
         # before any model is built.
         validate_specs(((s.name, s.params) for s in self.metrics), kind="metric")
         validate_specs(((s.name, s.params) for s in self.figures), kind="figure")
+        # A metric's `n_batches` counts the eval batches an evaluation draws (pgd_recon_multibatch).
+        for spec in self.metrics:
+            n_batches = spec.params.get("n_batches")
+            if isinstance(n_batches, int) and n_batches > self.n_eval_steps:
+                raise ValueError(
+                    f"metric '{spec.name}': n_batches {n_batches} is more than n_eval_steps "
+                    f"({self.n_eval_steps}), the eval batches of an evaluation; raise n_eval_steps"
+                )
         return self
 
     @property

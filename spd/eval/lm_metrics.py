@@ -65,9 +65,11 @@ def _stochastic_mask_fn(
     return draw
 
 
-def _mask_functions(
+def mask_functions(
     rounding_threshold: float, generator: torch.Generator, sampling: Sampling, use_delta: bool
 ) -> dict[str, MaskFn]:
+    """Each variant's mask of one module from its CI (the per-group metric shares them)."""
+
     def uniform(g: Tensor) -> Tensor:
         return torch.rand(g.shape, generator=generator, device=g.device, dtype=g.dtype)
 
@@ -90,7 +92,7 @@ def ce_kl_scores(
     use_delta: bool,
 ) -> dict[str, float]:
     """The metric's values (see the module docstring) over `batches`, each weighted equally."""
-    mask_fns = _mask_functions(rounding_threshold, generator, sampling, use_delta)
+    mask_fns = mask_functions(rounding_threshold, generator, sampling, use_delta)
     kl = {v: 0.0 for v in MASK_VARIANTS}
     ce = {v: 0.0 for v in MASK_VARIANTS}
     ce_target = 0.0
@@ -117,17 +119,22 @@ def ce_kl_scores(
     return results
 
 
+def metric_generator(ctx: EvalContext) -> torch.Generator:
+    """The random draws of one evaluation: seeded by the run's seed and the step, on the eval
+    batches' device, apart from the training stream."""
+    device = ctx.batches[0].inputs.device
+    return torch.Generator(device=device).manual_seed(ctx.config.seed * 1_000_003 + ctx.step)
+
+
 @register_metric("ce_and_kl")
 def ce_and_kl(ctx: EvalContext, rounding_threshold: float = 0.0) -> dict[str, float]:
     """KL to the target, CE difference and CE unrecovered for the six mask variants (LMs only)."""
-    device = ctx.batches[0].inputs.device
-    generator = torch.Generator(device=device).manual_seed(ctx.config.seed * 1_000_003 + ctx.step)
     config = ctx.config
     return ce_kl_scores(
         ctx.model,
         ctx.batches,
         rounding_threshold,
-        generator,
+        metric_generator(ctx),
         config.sampling,
         config.use_delta_component,
     )

@@ -19,6 +19,7 @@ from spd.persistence.resume import find_resume_point
 from spd.persistence.run_dir import check_writable_directory, output_root
 from spd.train.data_shard import data_shard
 from spd.train.memory_estimate import MemoryEstimate, check_memory, estimate_peak_memory
+from spd.train.setup import term_states
 
 
 def check_run(
@@ -28,6 +29,7 @@ def check_run(
     when all pass. Writes nothing."""
     device = resolve_device(config.device)
     shard = data_shard(config)
+    term_states(config)  # a stateful loss term's settings against this rank's batch
     if resume is None:
         if run_dir is None:
             check_writable_directory(output_root(config.out_dir), "output root")

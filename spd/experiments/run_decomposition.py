@@ -50,6 +50,7 @@ from spd.train import distributed
 from spd.train.data_shard import DataShard, data_shard
 from spd.train.memory_estimate import check_memory, estimate_peak_memory
 from spd.train.optimize import OptimizeResult, optimize
+from spd.train.setup import term_states
 
 # (config, target, device, this rank's share) -> (train micro-batches, eval batches) of the shard's sizes.
 DataFactory = Callable[
@@ -238,6 +239,9 @@ def _prepare(
     is_main = distributed.is_main_process()
     # Each rank's share of the batches, once for every task; a batch that does not split fails here.
     shard = data_shard(config)
+    # A stateful loss term's settings that do not fit this rank's batch fail here (e.g. persistent
+    # PGD's N sources that do not divide it); the states themselves are built by set-up.
+    term_states(config)
     if is_main and resume is None:
         # A wrong output root fails before the target is even loaded.
         if run_dir_path is None:

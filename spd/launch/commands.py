@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from spd.launch.plan import PlannedRun
+from spd.launch.slurm import RDZV_BACKEND
 
 
 def yaml_value(value: Any) -> str:
@@ -34,14 +35,21 @@ def run_command(
     dp: int,
     no_progress: bool,
     run_dir: Path | None = None,
+    nodes: int = 1,
 ) -> list[str]:
-    """`python <decomp script> <config> --override k=v …`, under `torchrun` with --dp > 1.
+    """`python <decomp script> <config> --override k=v …`, under `torchrun` with --dp > 1 or
+    --nodes > 1.
 
     With `run_dir` the run lives in that fixed directory (`--run-dir`), so the same command line
-    continues it from its checkpoint after a SLURM requeue.
+    continues it from its checkpoint after a SLURM requeue. With several nodes the command is the
+    one every node runs; the job script supplies the rendezvous endpoint and id
+    (`spd.launch.slurm.rendezvous_lines`).
     """
     launcher = [sys.executable]
-    if dp > 1:
+    if nodes > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nnodes={nodes}"]
+        launcher += [f"--nproc_per_node={dp}", f"--rdzv-backend={RDZV_BACKEND}"]
+    elif dp > 1:
         # --standalone: a rendezvous on a free local port, so tasks sharing a node do not clash.
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={dp}"]
     cmd = [

@@ -69,6 +69,7 @@ def show_launch(options: LaunchOptions, runs: list[PlannedRun], launch_id: str) 
             options.dp,
             no_progress,
             run_dir=None if options.local else run.out_dir / f"{stamp}-{run.name}",
+            nodes=options.nodes,
         )
         for run in runs
     ]
@@ -84,7 +85,7 @@ def show_launch(options: LaunchOptions, runs: list[PlannedRun], launch_id: str) 
         print("spd-run: dry run: the job array script sbatch would get:")
         print(slurm.job_script(job), end="")
         try:
-            slurm.require_sbatch(len(runs))
+            slurm.require_sbatch(len(runs), options.nodes)
         except SPDUserError as err:
             print(f"spd-run: dry run: a real launch would stop here: {err}")
     print("spd-run: dry run: every run is valid; nothing was written, submitted or run")

@@ -29,7 +29,7 @@ def launch(options: LaunchOptions) -> None:
         show_launch(options, runs, launch_id)
         return
     if not options.local:
-        slurm.require_sbatch(len(runs))
+        slurm.require_sbatch(len(runs), options.nodes)
     # Everything is valid: from here on the launch has effects (snapshot, files, jobs).
     create_snapshot = (
         not options.local if options.create_snapshot is None else options.create_snapshot
@@ -40,7 +40,7 @@ def launch(options: LaunchOptions) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dirs = [None if options.local else run.out_dir / f"{stamp}-{run.name}" for run in runs]
     commands = [
-        run_command(run, REPO_ROOT, tree, options.dp, no_progress, run_dir=run_dir)
+        run_command(run, REPO_ROOT, tree, options.dp, no_progress, run_dir, options.nodes)
         for run, run_dir in zip(runs, run_dirs, strict=True)
     ]
     launch_dir = runs[0].out_dir
@@ -83,6 +83,7 @@ def plan_launch(options: LaunchOptions) -> tuple[list[PlannedRun], str]:
         launch_id=launch_id,
         cpu=options.cpu,
         dp=options.dp,
+        nodes=options.nodes,
         use_wandb=options.use_wandb,
         project=options.project,
     )

@@ -199,6 +199,8 @@ def resume_stopped_run(options: LaunchOptions, run_dir: Path) -> None:
         raise SPDUserError(
             "--resume runs here; add --local (a requeued SLURM task resumes by itself)"
         )
+    if options.nodes != 1:
+        raise SPDUserError("--resume continues a run on this machine alone; drop --nodes")
     cmd = resume_command(run_dir, options.override, options.cpu, options.no_progress)
     print(f"spd-run: resuming {run_dir}", flush=True)
     with SignalForwarder() as forwarder:

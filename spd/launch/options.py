@@ -43,6 +43,7 @@ class LaunchOptions:
     resume: Path | None
     analyze: bool
     analyze_tokens: int
+    nodes: int = 1
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "LaunchOptions":
@@ -91,8 +92,21 @@ def check_options(options: LaunchOptions) -> None:
         )
     if options.dp < 1:
         raise SPDUserError(f"--dp must be at least 1, got {options.dp}")
+    _check_nodes(options)
     if options.dp > 1:
         _check_dp_resources(options.dp, options.cpu, options.local)
+
+
+def _check_nodes(options: LaunchOptions) -> None:
+    """--nodes N asks SLURM for N machines per run; here there is only this one."""
+    if options.nodes < 1:
+        raise SPDUserError(f"--nodes must be at least 1, got {options.nodes}")
+    if options.nodes > 1 and options.local:
+        raise SPDUserError(
+            f"--nodes {options.nodes} runs each run on {options.nodes} machines of a SLURM "
+            "cluster; drop --local (or --nodes; to start the nodes yourself, see "
+            "docs/data_parallel.md, 'Without SLURM')"
+        )
 
 
 def _check_dp_resources(dp: int, cpu: bool, local: bool) -> None:

@@ -42,6 +42,7 @@ class LaunchSettings:
     cpu: bool = False
     dp: int = 1
     use_wandb: bool = False
+    nodes: int = 1
     project: str = "spd"
 
 
@@ -82,13 +83,14 @@ def _validated(source: RunSource, name: str, overrides: dict[str, Any]) -> Confi
         raise SPDUserError(f"run '{name}' is invalid, nothing was launched: {err}") from None
 
 
-def _check_dp(name: str, config: Config, dp: int) -> None:
-    """Every rank must get an equal share of each micro-batch and eval batch (the run's own
-    split, `data_shard`, checked here before anything is launched)."""
+def _check_dp(name: str, config: Config, dp: int, nodes: int) -> None:
+    """Every rank (--dp per node, on --nodes nodes) must get an equal share of each micro-batch
+    and eval batch (the run's own split, `data_shard`, checked here before anything is launched)."""
     try:
-        data_shard(config, RankInfo(rank=0, world_size=dp, local_rank=0))
+        data_shard(config, RankInfo(rank=0, world_size=dp * nodes, local_rank=0))
     except SPDUserError as err:
-        raise SPDUserError(f"run '{name}' under --dp {dp}: {err}") from None
+        where = f"--dp {dp} --nodes {nodes}" if nodes > 1 else f"--dp {dp}"
+        raise SPDUserError(f"run '{name}' under {where}: {err}") from None
 
 
 def _check_cpu(name: str, overrides: dict[str, Any]) -> None:
@@ -169,7 +171,7 @@ def plan_runs(
             }
             overrides = {**overrides, **launcher}
             config = _validated(source, name, overrides)
-            _check_dp(name, config, settings.dp)
+            _check_dp(name, config, settings.dp, settings.nodes)
             _check_patterns(name, config, targets)
             runs.append(
                 PlannedRun(

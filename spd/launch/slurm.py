@@ -27,6 +27,11 @@ TIME_LIMIT_FACTOR = 2.0
 # the run checkpoints, exits with PREEMPTED_EXIT_CODE, and the task requeues itself.
 SIGNAL_GRACE_SECONDS = 180
 _TIMESTAMP = "$(date +%Y-%m-%dT%H:%M:%S.%3N%:z)"
+# A run on several nodes: torchrun's rendezvous backend, and the range its port is taken from
+# (by job id, so that two jobs whose first node is the same machine do not clash).
+RDZV_BACKEND = "c10d"
+RDZV_PORT_BASE = 20000
+RDZV_PORT_RANGE = 20000
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class JobSpec:
     `preemptible` (array jobs only) asks for the USR1 warning SIGNAL_GRACE_SECONDS before the time
     limit, keeps the log across requeues, and has a task that exits with PREEMPTED_EXIT_CODE
     requeue itself. Every job runs in `source_tree`, with it first on PYTHONPATH.
+    With `nodes` > 1 (array jobs only) each task gets that many machines and runs its command
+    once on each through `srun` (a torchrun command: `rendezvous_lines` gives it the endpoint);
+    `cpus_per_task` and `gpus_per_task` are then per node.
     """
 
     name: str
@@ -59,9 +67,11 @@ class JobSpec:
     cpus_per_task: int = 1
     gpus_per_task: int = 0
     after: Dependency | None = None
+    nodes: int = 1
 
     def __post_init__(self) -> None:
         assert self.commands, "a job needs at least one command"
+        assert self.nodes >= 1 and (self.array or self.nodes == 1), "nodes > 1 is for array jobs"
         assert self.array or (self.max_running is None and not self.preemptible), (
             "max_running and preemptible are properties of array jobs"
         )
@@ -88,9 +98,13 @@ def directives(job: JobSpec) -> list[str]:
     if job.array:
         concurrency = f"%{job.max_running}" if job.max_running is not None else ""
         lines.append(f"#SBATCH --array=0-{len(job.commands) - 1}{concurrency}")
+    # One task per node: on each, srun starts the one torchrun that starts its processes.
+    tasks = ["#SBATCH --ntasks=1"]
+    if job.nodes > 1:
+        tasks = [f"#SBATCH --nodes={job.nodes}", "#SBATCH --ntasks-per-node=1"]
     lines += [
         f"#SBATCH --time={job.time_minutes}",
-        "#SBATCH --ntasks=1",
+        *tasks,
         f"#SBATCH --cpus-per-task={job.cpus_per_task}",
         f"#SBATCH --output={job.log_pattern}",
     ]
@@ -119,6 +133,26 @@ def _preamble(job: JobSpec) -> list[str]:
     ]
 
 
+def rendezvous_lines(nodes: int, cpus_per_node: int) -> list[str]:
+    """Shell lines that run the task's command (`cmd`, a torchrun command) once on each of the
+    allocation's `nodes` machines, all meeting at a c10d rendezvous on its first node.
+
+    torchrun reads its --rdzv-endpoint and --rdzv-id from PET_RDZV_ENDPOINT and PET_RDZV_ID, which
+    srun passes on to every node with the rest of the environment. The CPUs are given to srun
+    again: since SLURM 22.05 a step does not take the job's --cpus-per-task by itself.
+    """
+    port = f"$(({RDZV_PORT_BASE} + SLURM_JOB_ID % {RDZV_PORT_RANGE}))"
+    return [
+        f"# {nodes} nodes: one torchrun on each (srun), meeting at a rendezvous on the first node.",
+        'rdzv_host=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)',
+        f'export PET_RDZV_ENDPOINT="${{rdzv_host}}:{port}"',
+        'export PET_RDZV_ID="spd-${SLURM_JOB_ID}"',
+        'echo "spd-run: rendezvous of the task\'s nodes at ${PET_RDZV_ENDPOINT}"',
+        f"cmd=(srun --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={cpus_per_node}"
+        ' --kill-on-bad-exit=1 "${cmd[@]}")',
+    ]
+
+
 def _array_body(job: JobSpec) -> list[str]:
     """Pick the task's command, run it with the warning signal passed on, requeue on exit 75."""
     lines = [
@@ -128,6 +162,7 @@ def _array_body(job: JobSpec) -> list[str]:
         *(f"  {index}) cmd=({shlex.join(cmd)}) ;;" for index, cmd in enumerate(job.commands)),
         '  *) echo "spd-run: no command for array task ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;',
         "esac",
+        *(rendezvous_lines(job.nodes, job.cpus_per_task) if job.nodes > 1 else []),
         "# The run in the background, so that the warning signal reaches it through this shell.",
         '"${cmd[@]}" &',
         "child=$!",
@@ -166,8 +201,13 @@ def job_script(job: JobSpec) -> str:
     return "\n".join(["#!/bin/bash", *directives(job), *_preamble(job), *body]) + "\n"
 
 
-def require_sbatch(n_runs: int) -> None:
+def require_sbatch(n_runs: int, nodes: int = 1) -> None:
     """Fail clearly, before anything else happens, when there is no SLURM here."""
+    if shutil.which("sbatch") is None and nodes > 1:
+        raise SPDUserError(
+            f"sbatch was not found, and --nodes {nodes} needs SLURM to get {nodes} machines per "
+            "run; run on a SLURM login node, or drop --nodes and add --local to run here"
+        )
     if shutil.which("sbatch") is None:
         raise SPDUserError(
             "sbatch was not found, so nothing can be submitted to SLURM; add --local to run "

@@ -22,7 +22,8 @@ REPORT_TIME_MINUTES = 10
 def array_job(
     options: LaunchOptions, runs: list[PlannedRun], commands: list[list[str]], tree: Path
 ) -> slurm.JobSpec:
-    """One array task per run, each given --dp CPUs (and as many GPUs unless --cpu)."""
+    """One array task per run, each given --dp CPUs (and as many GPUs unless --cpu) on each of
+    its --nodes machines."""
     return slurm.JobSpec(
         name=options.job_name,
         commands=commands,
@@ -34,6 +35,7 @@ def array_job(
         preemptible=True,
         cpus_per_task=options.dp,
         gpus_per_task=0 if options.cpu else options.dp,
+        nodes=options.nodes,
     )
 
 

@@ -1,7 +1,8 @@
 """`LossInputs`: what every loss term reads, and how one micro-batch becomes them."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -11,13 +12,36 @@ from spd.losses.row_selection import RowSelection, check_independent_rows, selec
 from spd.models.component_model import ComponentModel
 
 
+class TermState(Protocol):
+    """What a loss term keeps from step to step (e.g. persistent PGD's sources and their
+    optimiser), built by its `spd.losses.term.LossTerm.state` factory (CLAUDE.md, 'Adding a loss
+    term': per-term state)."""
+
+    def prepare(self, inputs: "LossInputs") -> None:
+        """Eagerly, before each micro-batch's loss (outside any compiled region): e.g. create the
+        state's tensors on first use, from the shapes in `inputs`."""
+        ...
+
+    def update(self, step: int) -> None:
+        """Once per optimiser step, after the step's backward passes (every micro-batch)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit-exactly (a checkpoint entry)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        ...
+
+
 @dataclass(frozen=True)
 class LossInputs:
     """What every loss term may read: the model, the (row-selected) batch and this step's CI.
 
-    A term's own settings are its parameter block, not fields here; what a future term needs
-    from the step (a router's draw, a persistent mask source) is computed by the term from these
-    (CLAUDE.md, 'Adding a loss term').
+    A term's own settings are its parameter block, not fields here; what a term needs from the
+    step (a router's draw) is computed by the term from these, and what it keeps between steps
+    (persistent PGD's sources) is its entry of `states` (CLAUDE.md, 'Adding a loss term').
     """
 
     model: ComponentModel
@@ -37,11 +61,20 @@ class LossInputs:
     # masking term honours.
     use_delta_component: bool = False
     sampling: Sampling = "continuous"
+    # Each stateful term's state (`TermState`), by term name; empty when no term keeps state.
+    states: Mapping[str, TermState] = field(default_factory=dict)
 
 
-def loss_inputs(model: ComponentModel, batch: Tensor, config: Config, pnorm: float) -> LossInputs:
+def loss_inputs(
+    model: ComponentModel,
+    batch: Tensor,
+    config: Config,
+    pnorm: float,
+    states: Mapping[str, TermState] | None = None,
+) -> LossInputs:
     """Target pass (no gradient), the CPU row selection (`spd.losses.row_selection`) and the
-    causal importances of the kept rows. Call inside `shared_products()` with the loss."""
+    causal importances of the kept rows, with the stateful terms' `states`. Call inside
+    `shared_products()` with the loss."""
     with torch.no_grad():
         target_out, pre_acts, streams = model.forward_with_pre_act_streams(batch)
     rows = select_rows(model, pre_acts, streams)
@@ -68,4 +101,5 @@ def loss_inputs(model: ComponentModel, batch: Tensor, config: Config, pnorm: flo
         rows,
         config.use_delta_component,
         config.sampling,
+        states or {},
     )

@@ -6,7 +6,7 @@ function and registers one `LossTerm`; `spd.config.loss_registry.LOSS_TERMS` nam
 adversarial mask sources, per-term state) is described in CLAUDE.md, 'Adding a loss term'.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -14,8 +14,8 @@ from pydantic import Field, PositiveInt
 from torch import Tensor
 
 from spd.config.loss_registry import LOSS_TERMS
-from spd.config.schema import StrictModel
-from spd.losses.inputs import LossInputs
+from spd.config.schema import LRSchedule, StrictModel
+from spd.losses.inputs import LossInputs, TermState
 from spd.losses.masks import delta_masks, stochastic_masks
 from spd.models.module_mask import ModuleMask
 
@@ -49,6 +49,45 @@ def draw_stochastic_masks(inputs: LossInputs, params: StrictModel) -> dict[str, 
     return {name: ModuleMask(component=m, delta=delta[name]) for name, m in component.items()}
 
 
+def _one_process(tensors: Sequence[Tensor]) -> None:
+    """A collective over a single process: nothing to do."""
+
+
+# `spd.train.schedules.lr_at_step`: (step, steps, base lr, schedule, warm-up fraction, half-life).
+LRAtStep = Callable[[int, int, float, LRSchedule, float, float | None], float]
+
+
+def _base_lr(
+    step: int, steps: int, base: float, schedule: LRSchedule, warmup: float, halflife: float | None
+) -> float:
+    """The base rate at every step: what a one-off loss outside training (which never takes an
+    optimiser step) uses."""
+    return base
+
+
+@dataclass(frozen=True)
+class StateContext:
+    """What a term's state factory learns about the run besides the term's parameters."""
+
+    name: str  # the term's name (its error lines say it)
+    coeff: float  # the term's coefficient (its sources' gradient arrives multiplied by it)
+    steps: int  # the run's optimiser steps (a state's own schedules run over them)
+    # Rows of one training micro-batch on this rank (batch_size / gradient_accumulation_steps /
+    # world size): the batch the state's tensors are used with.
+    rank_microbatch_size: int
+    # Collectives over the data-parallel ranks, in place (no-ops in one process): the mean over
+    # ranks of each tensor, and rank 0's values copied into each.
+    average: Callable[[Sequence[Tensor]], None] = _one_process
+    broadcast: Callable[[Sequence[Tensor]], None] = _one_process
+    # A state's own learning-rate schedules (`spd.train.schedules.lr_at_step` in training).
+    lr_at_step: LRAtStep = _base_lr
+
+
+# A term's state factory: its validated parameters and the run -> a fresh `TermState`. It checks
+# the parameters against the run (one `SPDUserError` line) before anything is written.
+StateFactory = Callable[[ParamsT, StateContext], TermState]
+
+
 @dataclass(frozen=True)
 class LossTerm(Generic[ParamsT]):
     """One term of the loss: its name (the `losses:` entry and the `train/loss/<name>` metric),
@@ -58,7 +97,9 @@ class LossTerm(Generic[ParamsT]):
     computed once per sample (its params' `n_mask_samples`, a `SampledParams`) with masks of its
     own, drawn in the order of `LOSS_TERMS`, and averaged; the others get empty masks.
     `row_mean` terms are means over batch rows: with a row selection they are scaled by the
-    kept share (the rows left out add zero).
+    kept share (the rows left out add zero). A term with a `state` factory keeps a `TermState`
+    between steps (built by `spd.train.setup`, read as `inputs.states[name]`, updated by
+    `spd.train.step` after the backward pass, checkpointed by `spd.train.training_state`).
     """
 
     name: str
@@ -66,6 +107,7 @@ class LossTerm(Generic[ParamsT]):
     compute: Callable[[LossInputs, ParamsT, Masks], Tensor]
     masks: MaskSource[ParamsT] | None = None
     row_mean: bool = False
+    state: StateFactory[ParamsT] | None = None
 
     @property
     def module(self) -> str:

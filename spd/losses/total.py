@@ -1,6 +1,6 @@
 """The weighted sum of the configured loss terms."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -9,8 +9,8 @@ from torch import Tensor
 
 from spd.config.loss_registry import LOSS_TERMS
 from spd.config.schema import Config, StrictModel
-from spd.losses.inputs import LossInputs
-from spd.losses.term import LossTerm
+from spd.losses.inputs import LossInputs, TermState
+from spd.losses.term import LossTerm, StateContext
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,16 @@ def configured_terms(config: Config) -> tuple[ConfiguredTerm, ...]:
         for term in LOSS_TERMS.in_order()
         if term.name in coeffs
     )
+
+
+def build_term_states(
+    terms: Sequence[ConfiguredTerm], context: Callable[[ConfiguredTerm], StateContext]
+) -> dict[str, TermState]:
+    """A fresh state for each of `terms` that keeps one (its `LossTerm.state` factory, told about
+    the run by `context`), by term name. A factory refuses settings that do not fit the run."""
+    return {
+        c.term.name: c.term.state(c.params, context(c)) for c in terms if c.term.state is not None
+    }
 
 
 def total_loss(

@@ -40,7 +40,7 @@ from spd.config.loading import config_dict, config_from_dict
 from spd.config.loss_registry import LOSS_TERMS
 from spd.config.schema import config_blocks
 from spd.errors import OneLineArgumentParser, run_cli, write_guard
-from spd.loading.run_config import with_target_ties
+from spd.loading.run_config import in_an_original_format, with_target_ties
 from spd.persistence.atomic_files import atomic_write_text
 
 
@@ -51,7 +51,7 @@ def upgraded_yaml(path: Path, target: str | None = None) -> str:
     replaces `pretrained_model_path`, e.g. with a local copy of a W&B run's files.
     """
     data = config_dict(path, {"pretrained_model_path": target} if target is not None else None)
-    data = with_target_ties(data, str(path), fetch=False)
+    data = with_target_ties(data, str(path), fetch=False, from_original=in_an_original_format(path))
     config_from_dict(data, source=str(path))  # the upgraded file must load
     return yaml.safe_dump(data, sort_keys=False)
 

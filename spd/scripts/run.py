@@ -4,6 +4,7 @@
     spd-run --experiments tms_5-2,tms_5-2-id                 # one SLURM job array, one GPU per task
     spd-run --experiments tms_5-2 --sweep --n-agents 4       # grid of spd/scripts/sweep_params.yaml
     spd-run --experiments tms_5-2 --dp 2                     # one task, 2 GPUs, torchrun
+    spd-run --experiments tms_5-2 --dp 4 --nodes 2           # one task on 2 nodes of 4 GPUs each
     spd-run --experiments tms_5-2 --local --cpu --override steps=2000
     spd-run --config my_run.yaml [--config other.yaml] --local   # your own config file(s)
     spd-run --experiments tms_5-2 --local --dry-run          # checks, configs, memory; runs nothing
@@ -71,6 +72,14 @@ def _add_resource_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--cpu", action="store_true", help="run on CPU (no GPU requested on SLURM)")
     add("--dp", type=int, default=1, metavar="N", help="N processes per run under torchrun")
+    add(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="on SLURM: N machines per run, each running --dp processes (torchrun on every node "
+        "through srun, meeting at a c10d rendezvous on the first node)",
+    )
     add("--project", default="spd", help="W&B project (with --use-wandb)")
     add("--local", action="store_true", help="run here, one after another, instead of on SLURM")
     add("--job-suffix", help="appended to the SLURM job name and the launch id")

@@ -26,6 +26,7 @@ from spd.errors import SPDUserError
 from spd.persistence.atomic_files import atomic_write_text
 from spd.persistence.run_dir import read_metrics
 from spd.tracking.curves import Series, curves_html, metric_series
+from spd.tracking.group_table import group_tables_html
 from spd.tracking.headline import headline_html, table_keys
 
 REPORT_NAME = "report.html"
@@ -217,6 +218,12 @@ def _grouped_rows(keys: Sequence[str], cells: Callable[[str], str], n_columns: i
     return "".join(rows)
 
 
+def _group_section(final: dict[str, tuple[int, float]]) -> list[tuple[str, str, str]]:
+    """The per-layer-group tables (spd.tracking.group_table), where the run logged them."""
+    tables = group_tables_html(final)
+    return [("groups", "Per layer group", tables)] if tables else []
+
+
 def render_run_report(run: RunRecord) -> str:
     """The HTML report of one run: final metrics, latest figures, config."""
     if run.final_metrics:
@@ -243,6 +250,7 @@ def render_run_report(run: RunRecord) -> str:
     sections = [
         ("headline", "Decisive numbers", headline_html(run.final_metrics) or "<p>None logged.</p>"),
         ("curves", "Curves", curves_html([(run.name, run.series)]) or "<p>None logged.</p>"),
+        *_group_section(run.final_metrics),
         ("metrics", "Final metrics", metrics),
         ("figures", "Figures", _gallery(run.figures)),
         ("config", "Config", config),

@@ -29,7 +29,7 @@ Whether a run compiles is `spd.train.compile_choice.compile_wanted`: `on`, `off`
 """
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -37,8 +37,8 @@ from torch._dynamo.exc import TorchDynamoException
 from torch._inductor.exc import CppCompileError
 
 from spd.config.schema import Config
-from spd.losses.batch import BatchLoss
-from spd.losses.inputs import LossInputs, loss_inputs
+from spd.losses.batch import BatchLoss, prepare_states
+from spd.losses.inputs import LossInputs, TermState, loss_inputs
 from spd.losses.precision import check_autocast, forward_autocast
 from spd.losses.total import ConfiguredTerm, configured_terms, total_loss
 from spd.models.component_model import ComponentModel
@@ -104,7 +104,13 @@ class MicroStep:
         self.terms = configured_terms(config)
         self.compiled: TotalLoss | None = None
         self._first = True
-        if compile_wanted(config, device.type):
+        stateful = [c.term.name for c in self.terms if c.term.state is not None]
+        if compile_wanted(config, device.type) and stateful:
+            # Their tensors are replaced and updated between steps, outside any graph.
+            _announce(
+                f"the term(s) {', '.join(stateful)} keep state between steps; training eagerly"
+            )
+        elif compile_wanted(config, device.type):
             cuda = device.type == "cuda"
             compiled = torch.compile(
                 total_loss, options={"fallback_random": True, "triton.cudagraphs": cuda}
@@ -113,18 +119,26 @@ class MicroStep:
             self.compiled = compiled if cuda else _rows_dynamic(compiled)
 
     def __call__(
-        self, model: ComponentModel, batch: Tensor, config: Config, pnorm: float, n_micro: int
+        self,
+        model: ComponentModel,
+        batch: Tensor,
+        config: Config,
+        pnorm: float,
+        n_micro: int,
+        term_states: Mapping[str, TermState] | None = None,
     ) -> BatchLoss:
-        """`batch_loss` of `batch`, with its total / `n_micro` backpropagated."""
+        """`batch_loss` of `batch` with the stateful terms' `term_states`, its total / `n_micro`
+        backpropagated."""
+        kept = term_states or {}
         if self.compiled is None:
-            return self._run(model, batch, config, pnorm, n_micro, total_loss)
+            return self._run(model, batch, config, pnorm, n_micro, total_loss, kept)
         if not self._first:
-            return self._run(model, batch, config, pnorm, n_micro, self.compiled)
+            return self._run(model, batch, config, pnorm, n_micro, self.compiled, kept)
         self._first = False
         states = _rng_states(self.device)
         t0 = time.perf_counter()
         try:
-            result = self._run(model, batch, config, pnorm, n_micro, self.compiled)
+            result = self._run(model, batch, config, pnorm, n_micro, self.compiled, kept)
         except COMPILE_ERRORS as err:
             # Nothing was accumulated: the first call is the first micro-batch after zero_grad.
             model.zero_grad(set_to_none=True)
@@ -135,7 +149,7 @@ class MicroStep:
                 f"compilation is not available here ({type(err).__name__}: {reason[:200]}); "
                 "training eagerly. Set `compile: off` in the config to skip the attempt"
             )
-            return self._run(model, batch, config, pnorm, n_micro, total_loss)
+            return self._run(model, batch, config, pnorm, n_micro, total_loss, kept)
         _announce(f"compiled the training step in {time.perf_counter() - t0:.1f} s")
         return result
 
@@ -147,6 +161,7 @@ class MicroStep:
         pnorm: float,
         n_micro: int,
         total: TotalLoss,
+        term_states: Mapping[str, TermState],
     ) -> BatchLoss:
         compiled_cuda = total is not total_loss and self.device.type == "cuda"
         if compiled_cuda:
@@ -155,7 +170,8 @@ class MicroStep:
             torch.compiler.cudagraph_mark_step_begin()
         # `spd.losses.batch.batch_loss`, with `total` for `total_loss`.
         with shared_products(), forward_autocast(config.autocast_bf16, self.device):
-            inputs = loss_inputs(model, batch, config, pnorm)
+            inputs = loss_inputs(model, batch, config, pnorm, term_states)
+            prepare_states(inputs)
             value, terms = total(inputs, self.terms)
         (value / n_micro).backward()
         if compiled_cuda:

@@ -6,7 +6,7 @@ run unchanged. The process group uses `nccl` when the run's device is CUDA and `
 """
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +124,29 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def average_tensors(tensors: Sequence[Tensor]) -> None:
+    """Replace each tensor by its mean over ranks, in place (one collective on a flat buffer)."""
+    if not dist.is_initialized() or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors]).to(_reduce_device())
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def broadcast_tensors(tensors: Sequence[Tensor]) -> None:
+    """Copy rank 0's values into each tensor, in place, on every rank."""
+    if not dist.is_initialized():
+        return
+    for t in tensors:
+        buffer = t.detach().to(_reduce_device())
+        dist.broadcast(buffer, src=0)
+        t.copy_(buffer)
 
 
 def average_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -6,10 +6,12 @@ The estimate has two parts:
   target and the data pipeline), measured, not modelled: the resident set size on the CPU, the
   memory torch has allocated on a GPU;
 - the *step*: what one training step adds, modelled from the config and the target's shapes.
-  Trainable parameters count four times (value, gradient, AdamW's two moments). Activations are
+  Trainable parameters count four times (value, gradient, AdamW's two moments); persistent PGD
+  sources twice (value, gradient), four times under Adam, and each such term adds one pass. Activations are
   counted per row of a micro-batch (per token for a language model): what the CI functions keep
   (as their type declares, `spd.models.ci_fns`), and, for every forward pass that builds a graph
-  (each stochastic mask sample, each layer-wise pass), the outputs of every linear layer of the
+  (each stochastic mask sample, each layer-wise pass, each fresh PGD term's final pass and the
+  one ascent step whose graph is alive at a time: `pgd_passes`), the outputs of every linear layer of the
   target, its attention probabilities, and the output the loss compares (twice more for a KL
   loss: the log-softmaxes). With `use_delta_component`, each such pass also forms, per decomposed
   matrix, Δ = W − V U (d_in × d_out, kept for the backward pass, and its gradient: not per row, so
@@ -32,6 +34,8 @@ from torch import nn
 
 from spd.config.schema import Config
 from spd.errors import SPDUserError
+from spd.losses.adversarial_sources import PGDParams
+from spd.losses.persistent_pgd import PersistentPGDParams, source_floats
 from spd.losses.row_selection import LIVE_ROW_SHARE_MAX
 from spd.losses.term import SampledParams
 from spd.models.ci_fns.base import LayerShape, ci_function_type
@@ -127,21 +131,70 @@ def _expected_row_share(config: Config, target: nn.Module, device: torch.device)
     return live if live <= LIVE_ROW_SHARE_MAX else 1.0
 
 
+@dataclass(frozen=True)
+class PGDPasses:
+    """The masked passes the fresh PGD terms (`pgd_recon*`) add to one micro-batch."""
+
+    final: int  # passes at the final sources, kept for the training backward
+    ascent: int  # ascent passes, each a forward and a backward pass (graph freed after each step)
+    ascent_at_once: int  # ascent passes whose graphs are alive together (one step's)
+
+
+def pgd_passes(config: Config, n_layers: int) -> PGDPasses:
+    """Per micro-batch and PGD term: n_mask_samples × (n_steps ascent passes + 1 final pass),
+    each pass L passes (one per layer) for pgd_recon_layerwise."""
+    final = ascent = at_once = 0
+    for name in config.loss_coeffs:
+        params = config.loss_params(name)
+        if not isinstance(params, PGDParams):
+            continue
+        per_pass = n_layers if name == "pgd_recon_layerwise" else 1
+        final += params.n_mask_samples * per_pass
+        ascent += params.n_mask_samples * params.n_steps * per_pass
+        at_once = max(at_once, per_pass)
+    return PGDPasses(final, ascent, at_once)
+
+
+def microbatch_forward_passes(config: Config, n_layers: int) -> int:
+    """Forward passes of one micro-batch (modelled as `_graph_passes` does): the target pass, the
+    masked passes of the loss terms, and every PGD ascent pass."""
+    pgd = pgd_passes(config, n_layers)
+    return 1 + _graph_passes(config, n_layers) - pgd.ascent_at_once + pgd.ascent
+
+
+def describe_pgd_cost(config: Config, n_layers: int) -> str | None:
+    """The start-up line on what the PGD terms cost per micro-batch; None without them."""
+    pgd = pgd_passes(config, n_layers)
+    if not pgd.ascent:
+        return None
+    passes = microbatch_forward_passes(config, n_layers)
+    return (
+        f"adversarial (PGD) terms: each micro-batch takes {passes} forward passes, {pgd.ascent} "
+        f"of them PGD ascent steps with a backward pass each "
+        f"({config.gradient_accumulation_steps} micro-batch(es) per step)"
+    )
+
+
 def _graph_passes(config: Config, n_layers: int) -> int:
     """Forward passes of a step that build a graph: each mask sample (with a layer-wise pass per
-    layer when stochastic_recon_layerwise is on), and the CI-masked passes."""
+    layer when stochastic_recon_layerwise is on), the CI-masked passes, and the PGD terms' final
+    passes plus the ascent passes alive at once (`pgd_passes`)."""
     coeffs = config.loss_coeffs
     samples = max(
         (
             params.n_mask_samples
             for params in map(config.loss_params, coeffs)
-            if isinstance(params, SampledParams)
+            if isinstance(params, SampledParams) and not isinstance(params, PGDParams)
         ),
         default=1,
     )
     layerwise = n_layers if "stochastic_recon_layerwise" in coeffs else 0
     passes = samples * (1 + layerwise)
     passes += 1 if "recon" in coeffs else 0
+    pgd = pgd_passes(config, n_layers)
+    passes += pgd.final + pgd.ascent_at_once
+    # Each persistent PGD term: one masked pass (its warm-up ascent passes end before the loss).
+    passes += sum(isinstance(config.loss_params(name), PersistentPGDParams) for name in coeffs)
     return passes + (n_layers if "recon_layerwise" in coeffs else 0)
 
 
@@ -151,6 +204,16 @@ def _delta_elements(layers: dict[str, LayerShape], use_delta: bool) -> tuple[int
         return 0, 0
     matrices = sum(2 * s.d_in * s.d_out for s in layers.values() if not s.token_input)
     return matrices, sum(s.d_out + 1 for s in layers.values())
+
+
+def _persistent_source_floats(config: Config, layers: dict[str, LayerShape], seq_len: int) -> int:
+    """The persistent PGD terms' sources with their gradients and optimiser state."""
+    widths = [s.C + (1 if config.use_delta_component else 0) for s in layers.values()]
+    return sum(
+        source_floats(params, widths, seq_len, config.microbatch_size)
+        for params in map(config.loss_params, config.loss_coeffs)
+        if isinstance(params, PersistentPGDParams)
+    )
 
 
 def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
@@ -168,7 +231,7 @@ def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     parameters += ci_type.parameter_count(layers, hidden, ci_params)
 
     seq_len = config.task_config.sequence_length
-    ci_units = ci_type.activation_elements(layers, hidden, ci_params)
+    ci_units = ci_type.activation_elements(layers, hidden, ci_params, seq_len=seq_len)
     graph_passes = _graph_passes(config, len(layers))
     output = _output_width(target)
     delta_per_pass, delta_per_row = _delta_elements(layers, config.use_delta_component)
@@ -187,7 +250,8 @@ def step_bytes(config: Config, target: nn.Module, device: torch.device) -> int:
     train = rows * per_row * ACTIVATION_OVERHEAD + graph_passes * delta_per_pass
     activations = max(train, eval_rows * eval_per_row)
     runtime = CPU_RUNTIME_BYTES if device.type == "cpu" else 0
-    return int(FLOAT_BYTES * (PARAMETER_COPIES * parameters + activations)) + runtime
+    sources = _persistent_source_floats(config, layers, seq_len)
+    return int(FLOAT_BYTES * (PARAMETER_COPIES * parameters + sources + activations)) + runtime
 
 
 def _process_rss_bytes() -> int:

@@ -20,10 +20,11 @@ from spd.persistence.run_dir import RunDirectory
 from spd.train import distributed
 from spd.train.cadence import Cadence
 from spd.train.evaluation import evaluate_step
+from spd.train.memory_estimate import describe_pgd_cost, microbatch_forward_passes
 from spd.train.progress import progress_bar
 from spd.train.reporting import Reporter, Sink
 from spd.train.setup import set_up_training
-from spd.train.step import apply_schedules, train_metrics, train_step
+from spd.train.step import apply_schedules, train_metrics, train_step, update_term_states
 from spd.train.training_state import Checkpointer
 
 
@@ -76,16 +77,28 @@ def optimize(
         run_dir.discard_metrics_from(training.start_step)
     reporter = Reporter([*([run_dir] if run_dir is not None else []), *sinks])
     checkpointer = Checkpointer(
-        run_dir, config, training.model, training.optimizer, training.alive, training.streams
+        run_dir,
+        config,
+        training.model,
+        training.optimizer,
+        training.alive,
+        training.streams,
+        training.term_states,
     )
     cadence = Cadence.from_config(config)
     progress = _progress_bar(training.start_step, config.steps, show_progress)
+    # With PGD terms, the start-up line and the progress line say what a step costs.
+    n_layers = len(training.model.module_names)
+    pgd_cost = describe_pgd_cost(config, n_layers)
+    cost = {} if pgd_cost is None else {"fwd/micro": microbatch_forward_passes(config, n_layers)}
+    if pgd_cost is not None and distributed.rank_info().is_main:
+        print(f"spd: {pgd_cost}", flush=True)
     for step in progress:
         if cadence.checkpoint_due(step, training.start_step):
             checkpointer.save(step)
         lr, pnorm = apply_schedules(training.optimizer, config, step)
         stats = train_step(training, config, device, step, pnorm, detailed=cadence.log_due(step))
-        progress.set_postfix(loss=f"{stats.loss:.3g}", refresh=False)
+        progress.set_postfix({"loss": f"{stats.loss:.3g}", **cost}, refresh=False)
         if cadence.log_due(step):
             reporter.log(step, train_metrics(stats, training, lr, pnorm))
         if cadence.eval_due(step):
@@ -96,6 +109,7 @@ def optimize(
         last = cadence.is_last(step)
         if not last:
             training.optimizer.step()
+            update_term_states(training, step)
         if on_step_end is not None:
             on_step_end(step)
         if not last and should_stop is not None and should_stop():

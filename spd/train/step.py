@@ -88,7 +88,9 @@ def train_step(
     stats = StepStats(n_micro=config.gradient_accumulation_steps)
     for _ in range(stats.n_micro):
         batch = next(training.streams["train"]).to(device)
-        step_loss = training.micro_step(training.model, batch, config, pnorm, stats.n_micro)
+        step_loss = training.micro_step(
+            training.model, batch, config, pnorm, stats.n_micro, training.term_states
+        )
         rows = step_loss.rows
         training.alive.update(step_loss.ci, None if rows is None else rows.n_rows)
         stats.add(step_loss, config.ci_alive_threshold, detailed)
@@ -101,6 +103,14 @@ def train_step(
         )
     stats.pre_clip_norms = clip_gradients(training.model, config)
     return stats
+
+
+def update_term_states(training: Training, step: int) -> None:
+    """Each stateful term's update with the gradients of the step's backward passes (persistent
+    PGD's ascent step); taken with the optimiser step, so a checkpoint at step k holds the state
+    after k updates."""
+    for state in training.term_states.values():
+        state.update(step)
 
 
 def clip_gradients(model: ComponentModel, config: Config) -> dict[str, Tensor]:

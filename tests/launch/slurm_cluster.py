@@ -7,7 +7,9 @@ The cluster is private to its state directory: its own slurm.conf (clients find 
 SLURM_CONF), its own munged socket and free ports, so it does not clash with another one on the
 same host. Known to work on Debian 12 as root: root as SlurmUser, proctrack/linuxproc, task/none,
 no accounting, select/cons_tres, the node named by `hostname -s` at 127.0.0.1 with the CPUs and
-memory that `slurmd -C` reports.
+memory that `slurmd -C` reports. `SlurmCluster(dir, nodes=2)` runs a second slurmd on the same
+host (`slurmd -N`, its own port, spool, PID and log files) as a node named `localhost`, so that
+both node names resolve and a job can ask for `--nodes=2`; each of the two nodes offers one CPU.
 """
 
 import os
@@ -62,10 +64,21 @@ def _node_line() -> str:
     return f"NodeName={socket.gethostname().split('.')[0]} NodeAddr=127.0.0.1 {' '.join(fields)} State=UNKNOWN"
 
 
+def _one_cpu_node_line(name: str) -> str:
+    """A node of one CPU (and this host's memory) on this host, with its own slurmd port."""
+    memory = [f for f in _node_line().split() if f.startswith("RealMemory=")]
+    return (
+        f"NodeName={name} NodeHostname={socket.gethostname().split('.')[0]} NodeAddr=127.0.0.1 "
+        f"Port={_free_port()} CPUs=1 {' '.join(memory)} State=UNKNOWN"
+    )
+
+
 class SlurmCluster:
     """slurmctld + slurmd + munged under one state directory; `env` points clients at it."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, nodes: int = 1) -> None:
+        assert nodes in (1, 2), "this host offers two resolvable node names: itself and localhost"
+        self.nodes = nodes
         self.dir = state_dir
         self.conf = state_dir / "slurm.conf"
         # munged runs as `munge`, which must be able to reach its directory: a fresh one in /tmp
@@ -75,9 +88,16 @@ class SlurmCluster:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
+    @property
+    def node_names(self) -> list[str]:
+        host = socket.gethostname().split(".")[0]
+        return [host] if self.nodes == 1 else [host, "localhost"]
+
     def write_config(self) -> None:
         host = socket.gethostname().split(".")[0]
-        for sub in ("state", "spool"):
+        # Several slurmds on one host: each its own spool, PID and log file (%n: its node name).
+        each = "" if self.nodes == 1 else ".%n"
+        for sub in ("state", *(f"spool.{n}" if each else "spool" for n in self.node_names)):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         lines = [
             "ClusterName=spdtest",
@@ -90,11 +110,11 @@ class SlurmCluster:
             "CredType=cred/munge",
             f"AuthInfo=socket={self.socket}",
             f"StateSaveLocation={self.dir / 'state'}",
-            f"SlurmdSpoolDir={self.dir / 'spool'}",
+            f"SlurmdSpoolDir={self.dir / 'spool'}{each}",
             f"SlurmctldPidFile={self.dir / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.dir / 'slurmd.pid'}",
+            f"SlurmdPidFile={self.dir / 'slurmd.pid'}{each}",
             f"SlurmctldLogFile={self.dir / 'slurmctld.log'}",
-            f"SlurmdLogFile={self.dir / 'slurmd.log'}",
+            f"SlurmdLogFile={self.dir / 'slurmd.log'}{each}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -110,8 +130,12 @@ class SlurmCluster:
             "InactiveLimit=0",
             "KillWait=5",
             "MinJobAge=3600",
-            _node_line(),
-            f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+            *(
+                [_node_line()]
+                if self.nodes == 1
+                else [_one_cpu_node_line(name) for name in self.node_names]
+            ),
+            f"PartitionName=debug Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -148,8 +172,11 @@ class SlurmCluster:
         )
         self._wait(lambda: self.socket.exists(), timeout, "munged socket")
         self._start(["slurmctld", "-D", "-i", "-f", str(self.conf)])
-        self._start(["slurmd", "-D", "-f", str(self.conf)])
-        self._wait(self._node_idle, timeout, "the node to be idle")
+        for name in self.node_names:
+            # -N: which node of slurm.conf this slurmd is (needed only when one host runs several).
+            node = ["-N", name] if self.nodes > 1 else []
+            self._start(["slurmd", "-D", *node, "-f", str(self.conf)])
+        self._wait(self._node_idle, timeout, "the nodes to be idle")
 
     def _node_idle(self) -> bool:
         result = subprocess.run(
@@ -159,7 +186,7 @@ class SlurmCluster:
             text=True,
             check=False,
         )
-        return result.returncode == 0 and result.stdout.strip() == "idle"
+        return result.returncode == 0 and result.stdout.split() == ["idle"] * self.nodes
 
     def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -50,12 +50,14 @@ def only_run_dir(out_dir: Path) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("mode", ["exact", "options"])
+@pytest.mark.parametrize("mode", ["exact", "options", "routed", "global"])
 def test_two_ranks_on_half_batches_match_one_rank_on_full_batches(
     tmp_path: Path, mode: str
 ) -> None:
     # `options`: importance minimality's frequency term (world_size inside its logarithm), the
     # faithfulness warm-up and both gradient clips, on batches whose halves are equal.
+    # `routed`: the delta component and the subset terms, with draws that follow the rows.
+    # `global`: one CI function over both layers' inputs (global_shared_transformer).
     (single,) = run_worker(tmp_path / "one", mode, ranks=1)
     rank0, rank1 = run_worker(tmp_path / "two", mode, ranks=2)
     assert rank0["world_size"] == 2
@@ -79,6 +81,9 @@ def test_two_ranks_on_half_batches_match_one_rank_on_full_batches(
         # dp_worker.OPTIONS clips both groups at 1e-3.
         assert two_rows[0]["train/grad_norm_pre_clip/components"] > 1e-3
         assert two_rows[0]["train/grad_norm_pre_clip/ci_fns"] > 1e-3
+    if mode == "routed":
+        for name in ("stochastic_recon_subset", "ci_masked_recon_subset"):
+            assert two_rows[0][f"train/loss/{name}"] > 0, name
     assert {r["step"] for r in two_rows} == set(range(5))
 
 

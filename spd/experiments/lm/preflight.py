@@ -27,6 +27,7 @@ from spd.data.lm_data import FILE_FORMAT_BUILDERS
 from spd.errors import SPDUserError, one_line
 from spd.experiments.lm.config import LMTaskConfig
 from spd.experiments.lm.sources import find_local
+from spd.experiments.lm.target_models.models import TargetLM, read_model_config
 from spd.loading.targets import import_class
 from spd.models.tie_check import check_decomposition
 
@@ -204,6 +205,30 @@ def _quiet_libraries() -> Iterator[None]:
         transformers_logging.set_verbosity(levels[1])
 
 
+def check_target_lm(config: Config, model_dir: Path, tokenizer_dir: Path | None) -> None:
+    """The checks for one of our own target models (spd/experiments/lm/target_models): its
+    config.json, context length, vocabulary, output and the decomposed modules."""
+    task = config.task_config
+    assert isinstance(task, LMTaskConfig)
+    model_config = read_model_config(model_dir)
+    if task.max_seq_len > model_config.max_seq_len:
+        raise SPDUserError(
+            f"task_config.max_seq_len {task.max_seq_len} is beyond the {model_config.max_seq_len}"
+            f"-token context of {model_dir} (its max_seq_len); set max_seq_len to at most "
+            f"{model_config.max_seq_len}"
+        )
+    if tokenizer_dir is not None:
+        check_tokenizer(tokenizer_dir, model_config.vocab_size)
+    if config.pretrained_model_output_attr is not None:
+        raise SPDUserError(
+            f"{config.pretrained_model_class} returns its logits as a tensor; set "
+            f"pretrained_model_output_attr: null (got '{config.pretrained_model_output_attr}')"
+        )
+    with torch.device("meta"):
+        skeleton = TargetLM.build(model_config)
+    check_decomposition(skeleton, config)
+
+
 def check_lm_run(config: Config) -> None:
     """Every cheap check of an LM run's local model, tokenizer and data (module docstring)."""
     if isinstance(config.task_config, LMTaskConfig):
@@ -223,8 +248,11 @@ def _check_lm_sources(config: Config) -> None:
         if config.pretrained_model_name_hf is not None
         else None
     )
-    model_config = _model_config(model_dir) if model_dir is not None else None
     model_class = import_class(config.pretrained_model_class)
+    if model_dir is not None and issubclass(model_class, TargetLM):
+        check_target_lm(config, model_dir, find_local(task.tokenizer_name, config.out_dir))
+        return
+    model_config = _model_config(model_dir) if model_dir is not None else None
     skeleton = _skeleton(model_class, model_config) if model_config is not None else None
     if model_config is not None:
         check_positions(task, model_config, skeleton, str(model_dir))

@@ -20,6 +20,9 @@ from spd.persistence.run_dir import output_root
 
 EXAMPLE_DIRNAME = "lm_offline_example"
 EXAMPLE_BUILD_COMMAND = "python spd/experiments/lm/make_offline_example.py"
+# `spd-pretrain` writes run <name> to <output root>/pretrain/<name>, its model to .../model.
+PRETRAIN_DIRNAME = "pretrain"
+PRETRAIN_COMMAND = "spd-pretrain spd/experiments/lm/pretrain/<name>.yaml"
 
 
 def default_example_dir(out_dir: str | None = None) -> Path:
@@ -45,6 +48,26 @@ def _example_missing(name: str, out_dir: str | None) -> SPDUserError:
     )
 
 
+def _not_pretrained(name: str, out_dir: str | None) -> SPDUserError:
+    where = output_root(out_dir) / name
+    run = Path(name).parts[1] if len(Path(name).parts) > 1 else "<name>"
+    return SPDUserError(
+        f"the target model {where} has not been pretrained yet; pretrain it with "
+        f"`{PRETRAIN_COMMAND.replace('<name>', run)}` (or your own pretraining config)"
+    )
+
+
+def missing_source(name: str, out_dir: str | None) -> SPDUserError | None:
+    """The error for a name under the offline example or a pretraining run that is not built yet
+    (with the command that builds it); None for any other name."""
+    first = Path(name).parts[0] if Path(name).parts else ""
+    if first == EXAMPLE_DIRNAME:
+        return _example_missing(name, out_dir)
+    if first == PRETRAIN_DIRNAME:
+        return _not_pretrained(name, out_dir)
+    return None
+
+
 def local_source_overrides(config: Config) -> dict[str, str]:
     """Dotted-key overrides that pin the model, tokenizer and dataset names found locally to
     absolute paths, and fail early when the offline example is named but not built.
@@ -65,8 +88,8 @@ def local_source_overrides(config: Config) -> dict[str, str]:
         path = find_local(name, config.out_dir)
         if path is not None:
             overrides[key] = str(path)
-        elif Path(name).parts[0] == EXAMPLE_DIRNAME:
-            raise _example_missing(name, config.out_dir)
+        elif (missing := missing_source(name, config.out_dir)) is not None:
+            raise missing
     return overrides
 
 
@@ -99,8 +122,8 @@ def resolve_sources(config: Config) -> Config:
         path = find_local(name, config.out_dir)
         if path is not None:
             local[kind] = str(path)
-        elif Path(name).parts[0] == EXAMPLE_DIRNAME:
-            raise _example_missing(name, config.out_dir)
+        elif (missing := missing_source(name, config.out_dir)) is not None:
+            raise missing
         elif kind == "dataset" and name in FILE_FORMAT_BUILDERS:
             continue  # a file format read from `data_files`: nothing to fetch
         else:

@@ -6,12 +6,12 @@ A CI-function type (`ci_fn_type` in a config) is a `CIFunctionType` registered i
   are checked against when the config loads (`NoParams` when it has none);
 - `reads`, what it is fed: `inner_acts` (each layer's x @ V, C wide), `module_input` (each
   layer's input vector x) or `all_inputs` (every decomposed layer's input at once, for a CI
-  function that sees the whole model);
+  function that sees the whole model; always computed from the target's own pass);
 - `build`, the module that computes CI: it maps `{layer name: input}` to `{layer name: raw CI
   (... C), before the sigmoid}`, for the layers it is given;
 - `parameter_count` and `activation_elements`, the module's trainable parameters and the
-  activation elements it keeps per input row (per token of a language model), for
-  `spd.train.memory_estimate`.
+  activation elements it keeps per input row (per token of a language model, given the sequence
+  length), for `spd.train.memory_estimate`.
 
 A type with one CI function per layer subclasses `LayerCIFunctionType` and says how one layer's
 function is built and sized; a type that reads `all_inputs` subclasses `CIFunctionType` itself.
@@ -77,9 +77,15 @@ class CIFunctionType(ABC, Generic[ParamsT]):
 
     @abstractmethod
     def activation_elements(
-        self, layers: Mapping[str, LayerShape], hidden_dims: Sequence[int], params: ParamsT
+        self,
+        layers: Mapping[str, LayerShape],
+        hidden_dims: Sequence[int],
+        params: ParamsT,
+        seq_len: int = 1,
     ) -> int:
-        """Activation elements the built module keeps for the backward pass per input row."""
+        """Activation elements the built module keeps for the backward pass per input row (per
+        token of sequences `seq_len` long: a type that mixes positions keeps more per token in
+        longer sequences)."""
 
 
 class LayerwiseCIFunctions(nn.ModuleDict):
@@ -94,6 +100,9 @@ class LayerwiseCIFunctions(nn.ModuleDict):
 class LayerCIFunctionType(CIFunctionType[ParamsT]):
     """A CI-function type with one function per layer, on its inner activations or its input
     (`reads` is `inner_acts` or `module_input`)."""
+
+    # Whether a `module_input` type also takes an embedding's input (a token index).
+    reads_tokens: bool = False
 
     @abstractmethod
     def build_layer(
@@ -118,10 +127,10 @@ class LayerCIFunctionType(CIFunctionType[ParamsT]):
     ) -> LayerwiseCIFunctions:
         """Each layer's function, built in the layers' order (which fixes the RNG draws)."""
         for name, shape in layers.items():
-            if shape.token_input and self.reads == "module_input":
+            if shape.token_input and self.reads == "module_input" and not self.reads_tokens:
                 raise SPDUserError(
                     f"ci_fn_type '{self.name}' is not available for the embedding '{name}' (its "
-                    "input is a token index); use ci_fn_type 'mlp'"
+                    "input is a token index); use ci_fn_type 'mlp' or 'shared_mlp'"
                 )
         return LayerwiseCIFunctions(
             {
@@ -136,8 +145,13 @@ class LayerCIFunctionType(CIFunctionType[ParamsT]):
         return sum(self.layer_parameter_count(s, hidden_dims, params) for s in layers.values())
 
     def activation_elements(
-        self, layers: Mapping[str, LayerShape], hidden_dims: Sequence[int], params: ParamsT
+        self,
+        layers: Mapping[str, LayerShape],
+        hidden_dims: Sequence[int],
+        params: ParamsT,
+        seq_len: int = 1,
     ) -> int:
+        # Each position on its own: the sequence length does not matter.
         return sum(self.layer_activation_elements(s, hidden_dims, params) for s in layers.values())
 
 
