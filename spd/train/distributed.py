@@ -116,14 +116,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
         # A rank whose loss did not reach a parameter still has to take part in the reduction.
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads]).to(_reduce_device())
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    average_tensors([p.grad for p in params if p.grad is not None])
 
 
 def average_tensors(tensors: Sequence[Tensor]) -> None:
